@@ -1,0 +1,1 @@
+"""TFDS builders of the project (one folder per dataset, `tfds new` layout)."""
