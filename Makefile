@@ -1,0 +1,65 @@
+# The README's two commands: `make demo` and `make test`. Both set up .venv (pinned by
+# constraints.txt) and the Debian packages they need, and are quick when nothing changed.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+INSTALL := $(PIP) install -c constraints.txt
+TFDS_DATA_DIR ?= $(CURDIR)/.data/tensorflow_datasets
+export TFDS_DATA_DIR
+
+# Debian packages of the embedded default data: file that proves it is installed -> package.
+DEBIAN_PACKAGES := /usr/share/wordnet/data.noun:wordnet-base \
+	/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz:dataset-fashion-mnist
+
+.PHONY: demo test test-slow lint bench system-deps clean
+
+demo: $(VENV)/.core system-deps
+	$(PY) -m imagenot_jax.demo --config configs/demo.py --data_dir "$(TFDS_DATA_DIR)"
+
+test: $(VENV)/.core system-deps
+	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(VENV)/.core system-deps
+	$(PY) -m pytest -q -m slow
+
+lint: $(VENV)/.core
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# Benchmarks compare against PyTorch, so they also need the curation extra (torch, torchvision).
+bench: $(VENV)/.bench system-deps
+	$(PY) -m benchmarks.input_pipeline
+
+$(PY):
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed"' \
+		|| { echo "error: $(PYTHON) is older than 3.11; run make PYTHON=python3.11 ..." >&2; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# Everything the tests and the demo use: JAX side, dataset building (TensorFlow), dev tools.
+$(VENV)/.core: pyproject.toml constraints.txt | $(PY)
+	$(INSTALL) -e '.[train,data,dev]'
+	@touch $@
+
+$(VENV)/.bench: pyproject.toml constraints.txt $(VENV)/.core
+	$(INSTALL) -e '.[train,data,dev,curation]'
+	@touch $@
+
+system-deps:
+	@missing=""; \
+	for entry in $(DEBIAN_PACKAGES); do \
+		[ -e "$${entry%%:*}" ] || missing="$$missing $${entry##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian packages:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+		else \
+			echo "error: missing Debian packages:$$missing; run: sudo apt-get install -y$$missing" >&2; \
+			exit 2; \
+		fi; \
+	fi
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .ruff_cache *.egg-info
