@@ -108,6 +108,12 @@ def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return out[..., None] if out.ndim == 2 else out
 
 
+def hflip(image: np.ndarray) -> np.ndarray:
+    """Mirror left-right into a contiguous array (OpenCV: ~10x faster than numpy's [:, ::-1])."""
+    out = cv2.flip(image, 1)
+    return out[..., None] if out.ndim == 2 else out
+
+
 def crop(image: np.ndarray, box: Box) -> np.ndarray:
     top, left, h, w = box
     return image[top : top + h, left : left + w]
@@ -135,9 +141,9 @@ def decode_random_resized_crop(
     image = decode(data, channels, min_size if dct_downscale else (0, 0))
     if image.shape[:2] == (height, width):
         return resize(crop(image, box), size, size)
-    # Decoded at a reduced DCT scale: the box is fractional there. Rounding it would shift the crop by up
-    # to half a decoded pixel, so PIL resamples the exact box (antialiased, as torchvision does);
-    # the image is already small, which keeps this cheap.
+    # Decoded at a reduced DCT scale: the box is fractional there. Rounding it would shift the
+    # crop by up to half a decoded pixel, so PIL resamples the exact box (antialiased, as
+    # torchvision does); the image is already small, which keeps this cheap.
     fy, fx = image.shape[0] / height, image.shape[1] / width
     exact = (left * fx, top * fy, (left + w) * fx, (top + h) * fy)
     pil = Image.fromarray(image[..., 0] if channels == 1 else image)

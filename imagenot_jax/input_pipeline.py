@@ -12,6 +12,7 @@ Outputs are uint8 HWC images: normalization happens on the accelerator. Both pip
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import functools
 import os
@@ -66,8 +67,9 @@ def open_source(name: str, split: str, data_dir: str | None) -> Any:
         )
     if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
         raise ValueError(
-            f"dataset {name!r} in {builder.data_dir} is stored as {builder.info.file_format.value}; "
-            "random access needs ArrayRecord: rebuild with --file_format=array_record"
+            f"dataset {name!r} in {builder.data_dir} is stored as "
+            f"{builder.info.file_format.value}; random access needs ArrayRecord: rebuild with "
+            "--file_format=array_record"
         )
     return builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
 
@@ -118,9 +120,9 @@ def _train_example(source: Any, cfg: ml_collections.ConfigDict, index: int, rng)
         cfg.dct_downscale,
     )
     if cfg.hflip and rng.random() < 0.5:
-        image = image[:, ::-1]
+        image = image_ops.hflip(image)
     return {
-        "image": np.ascontiguousarray(image),
+        "image": image,
         "label": np.int32(record["label"]),
         "index": np.int64(index),
     }
@@ -180,7 +182,28 @@ def _finish(ds: grain.MapDataset, cfg: ml_collections.ConfigDict) -> grain.IterD
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers))
+        atexit.register(_drain_shared_memory_unlinks)  # registering twice is a no-op
     return it
+
+
+def _drain_shared_memory_unlinks() -> None:
+    """Waits for grain's pending shared-memory unlinks at interpreter exit.
+
+    grain unlinks the shared memory of consumed worker batches on a background thread pool; at
+    exit its pending jobs are dropped and multiprocessing's resource tracker removes the segments
+    itself, warning about "leaked shared_memory objects". Draining the pool first avoids both.
+    Private grain names: if they change this is a no-op and only the warning comes back.
+    """
+    try:
+        from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+
+        pool = SharedMemoryArray._del_thread_pool
+        if pool is not None:
+            SharedMemoryArray._disable_async_del()  # later __del__s unlink synchronously
+            pool.close()
+            pool.join()
+    except (ImportError, AttributeError):
+        pass
 
 
 def make_train_dataset(

@@ -37,7 +37,7 @@ def test_random_resized_crop_box_stays_inside_and_respects_scale_and_ratio(
     top, left, h, w = image_ops.random_resized_crop_box(
         height, width, scale, ratio, np.random.default_rng(seed)
     )
-    assert 0 <= top and 0 <= left and 0 < h and 0 < w
+    assert min(top, left) >= 0 and min(h, w) > 0
     assert top + h <= height and left + w <= width
     # Either a sampled box (area and aspect within range, up to integer rounding) or
     # torchvision's fallback: a central crop with the aspect ratio clamped into range.
