@@ -9,6 +9,7 @@ throughput. Later stages (training, evaluation, ranking) extend this demo.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import numpy as np
@@ -21,9 +22,12 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo con
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)."
 )
+_MANUAL_DIR = flags.DEFINE_string(
+    "manual_dir", None, "Source files for the builder (default: the builder's own default)."
+)
 
 
-def prepare_dataset(name: str, data_dir: str) -> dict[str, int]:
+def prepare_dataset(name: str, data_dir: str, manual_dir: str | None = None) -> dict[str, int]:
     """Builds the project's TFDS dataset `name` as ArrayRecord unless already built."""
     import tensorflow_datasets as tfds
 
@@ -31,7 +35,10 @@ def prepare_dataset(name: str, data_dir: str) -> dict[str, int]:
 
     builder = tfds.builder(name, data_dir=data_dir)
     start = time.perf_counter()
-    builder.download_and_prepare(file_format="array_record")
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
+    )
     sizes = {split: info.num_examples for split, info in builder.info.splits.items()}
     print(f"dataset {name}: {sizes} in {builder.data_dir} ({time.perf_counter() - start:.1f} s)")
     return sizes
@@ -80,7 +87,11 @@ def main(argv: list[str]) -> None:
     )
     config.data.data_dir = data_dir
     logging.set_verbosity(logging.WARNING)
-    sizes = prepare_dataset(config.data.name, data_dir)
+    try:
+        sizes = prepare_dataset(config.data.name, data_dir, _MANUAL_DIR.value)
+    except FileNotFoundError as e:  # missing source files: a user error, not a bug
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     stream_train_epoch(config, sizes[config.data.train_split])
     stream_eval_pass(config)
 
