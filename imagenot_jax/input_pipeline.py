@@ -98,8 +98,10 @@ def default_config() -> ml_collections.ConfigDict:
     config.input.dct_downscale = False
     config.input.channels = 3  # 3: grayscale sources are replicated; 1: keep one channel
     config.input.num_workers = 0  # grain worker processes per host; 0 = in the main process
-    config.input.read_threads = 2  # threads per worker (decode/resize release the GIL)
-    config.input.prefetch = 8  # batches buffered per worker
+    config.input.read_threads = 2  # threads per worker, each building whole batches
+    # Batches buffered per worker; host memory ~ prefetch * workers * batch bytes
+    # (2 * 16 * 38 MB for 256 images of 224 px), so keep it small.
+    config.input.prefetch = 2
     return config
 
 
