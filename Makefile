@@ -16,7 +16,8 @@ DEBIAN_PACKAGES := /usr/share/wordnet/data.noun:wordnet-base \
 .PHONY: demo test test-slow lint bench system-deps clean
 
 demo: $(VENV)/.core system-deps
-	$(PY) -m imagenot_jax.demo --config configs/demo.py --data_dir "$(TFDS_DATA_DIR)"
+	$(PY) -m imagenot_jax.demo --config configs/demo.py --data_dir "$(TFDS_DATA_DIR)" \
+		--workdir "$(CURDIR)/.data/demo"
 
 test: $(VENV)/.core system-deps
 	$(PY) -m pytest -q -m "not slow"

@@ -25,6 +25,7 @@ import statistics
 import time
 
 import numpy as np
+import torchvision  # noqa: F401  (before TensorFlow: TF-then-torch aborts on LLVM options)
 from PIL import Image
 
 BATCH = 64

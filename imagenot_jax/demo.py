@@ -1,24 +1,25 @@
-"""`make demo`: build the embedded default dataset and stream it through the input pipeline.
+"""`make demo`: build the embedded default data, train on it, evaluate the final checkpoint.
 
-    python -m imagenot_jax.demo --config configs/demo.py [--config.input.num_workers=2]
+    python -m imagenot_jax.demo --config configs/demo.py --workdir .data/demo \
+        [--data_dir DIR] [--config.schedule.epochs=2 ...]
 
-Prints what it built, then one epoch of training batches and one full eval pass with their
-throughput. Later stages (training, evaluation, ranking) extend this demo.
+Idempotent: the dataset is built once, and a finished workdir is not trained again (an
+interrupted one resumes). Later stages (ranking) extend this demo.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import time
 
-import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
-from imagenot_jax import input_pipeline
+from imagenot_jax import evaluate, train
+from imagenot_jax.cli import quiet_library_logs, run_user_command
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.")
+_WORKDIR = flags.DEFINE_string("workdir", ".data/demo", "Training workdir.")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)."
 )
@@ -44,56 +45,41 @@ def prepare_dataset(name: str, data_dir: str, manual_dir: str | None = None) -> 
     return sizes
 
 
-def stream_train_epoch(config, num_examples: int) -> None:
-    batch = config.input.global_batch_size
-    steps = num_examples // batch
-    iterator = iter(input_pipeline.make_train_dataset(config))
-    first = next(iterator)  # Worker start-up is not throughput: time from the second batch.
-    start = time.perf_counter()
-    labels = [first["label"]]
-    for _ in range(steps - 1):
-        labels.append(next(iterator)["label"])
-    seconds = time.perf_counter() - start
-    iterator.close()  # An infinite stream: stop its worker processes now.
-    shape, dtype = first["image"].shape, first["image"].dtype
-    counts = np.bincount(np.concatenate(labels))
-    print(
-        f"train: {steps} batches of {shape} {dtype} ({steps * batch} images, one epoch; "
-        f"{len(counts)} classes, {counts.min()}-{counts.max()} images each), "
-        f"{(steps - 1) * batch / seconds:,.0f} images/s with {config.input.num_workers} workers"
-    )
+def print_result(result: dict, train_seconds: float) -> None:
+    low, high = result["top1_ci95"]
+    rows = [
+        ("model", result["model"]),
+        ("dataset", f"{result['dataset']} {result['split']} (n={result['n']})"),
+        ("checkpoint step", str(result["step"])),
+        ("top-1", f"{100 * result['top1']:.2f}%  (95% CI {100 * low:.2f}-{100 * high:.2f})"),
+        ("top-5", f"{100 * result['top5']:.2f}%"),
+        ("mean per-class recall", f"{100 * result['mean_per_class_recall']:.2f}%"),
+        ("training time", f"{train_seconds:.0f} s"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    print("\n" + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows))
 
 
-def stream_eval_pass(config) -> None:
+def run(config, workdir: str, data_dir: str, manual_dir: str | None) -> None:
+    config.data.data_dir = data_dir
+    prepare_dataset(config.data.name, data_dir, manual_dir)
     start = time.perf_counter()
-    seen = batches = 0
-    for batch in input_pipeline.make_eval_dataset(config):
-        seen += int(batch["mask"].sum())
-        batches += 1
-    seconds = time.perf_counter() - start
-    print(
-        f"eval ({config.data.eval_split}): {batches} batches, {seen} images seen once each, "
-        f"{seen / seconds:,.0f} images/s"
-    )
+    train.train_and_evaluate(config, workdir)
+    train_seconds = time.perf_counter() - start
+    result, path = evaluate.evaluate_checkpoint(workdir)
+    print_result(result, train_seconds)
+    print(f"\nwrote {path}")
 
 
 def main(argv: list[str]) -> None:
     del argv
-    config = _CONFIG.value
     data_dir = (
         _DATA_DIR.value
         or os.environ.get("TFDS_DATA_DIR")
         or os.path.expanduser("~/tensorflow_datasets")
     )
-    config.data.data_dir = data_dir
-    logging.set_verbosity(logging.WARNING)
-    try:
-        sizes = prepare_dataset(config.data.name, data_dir, _MANUAL_DIR.value)
-    except FileNotFoundError as e:  # missing source files: a user error, not a bug
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    stream_train_epoch(config, sizes[config.data.train_split])
-    stream_eval_pass(config)
+    quiet_library_logs()
+    run_user_command(run, _CONFIG.value, _WORKDIR.value, data_dir, _MANUAL_DIR.value)
 
 
 if __name__ == "__main__":

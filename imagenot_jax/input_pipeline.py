@@ -47,11 +47,14 @@ class DatasetMissingError(FileNotFoundError):
     """The named TFDS dataset has not been prepared in the data dir."""
 
 
+def default_data_dir() -> str:
+    """TFDS's own default: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
 def open_source(name: str, split: str, data_dir: str | None) -> Any:
     """A random-access TFDS data source whose `image` feature stays encoded bytes."""
-    data_dir = (
-        data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
-    )
+    data_dir = data_dir or default_data_dir()
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
@@ -79,7 +82,8 @@ def default_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.data = ml_collections.ConfigDict()
     config.data.name = "imagenot/256"  # TFDS name[/config][:version]
-    config.data.data_dir = None  # None: $TFDS_DATA_DIR, else ~/tensorflow_datasets
+    # None: $TFDS_DATA_DIR, else ~/tensorflow_datasets
+    config.data.data_dir = ml_collections.config_dict.placeholder(str)
     config.data.train_split = "train"
     config.data.eval_split = "validation"
 

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import pathlib
+
+with contextlib.suppress(ImportError):  # Before TensorFlow: TF-then-torch aborts (LLVM).
+    import torchvision  # noqa: F401  (installed with the curation extra only)
+
+# Multi-device logic is tested on 8 simulated CPU devices; this must precede JAX's start-up.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
 
 import pytest
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -18,21 +19,28 @@ def _run_demo(*args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-def test_demo_builds_and_streams_an_epoch(tmp_path):
+def test_demo_builds_trains_evaluates_and_is_idempotent(tmp_path):
     write_fake_fashion_mnist(tmp_path / "manual", {"train": 40, "test": 12})
     args = (
         f"--data_dir={tmp_path / 'data'}",
         f"--manual_dir={tmp_path / 'manual'}",
+        f"--workdir={tmp_path / 'run'}",
         "--config.input.global_batch_size=8",
-        "--config.input.eval_batch_size=5",
+        "--config.input.eval_batch_size=8",
+        "--config.input.num_workers=0",
+        "--config.model.kwargs.widths=(4, 8, 8)",
+        "--config.schedule.epochs=1",
+        "--config.schedule.warmup_epochs=0",
     )
     result = _run_demo(*args)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "dataset fashion_mnist_local/all: {'train': 40, 'test': 12}" in result.stdout
-    assert "train: 5 batches of (8, 28, 28, 3) uint8 (40 images, one epoch" in result.stdout
-    assert "eval (test): 3 batches, 12 images seen once each" in result.stdout
-    rerun = _run_demo(*args)  # idempotent: reuses the built dataset
-    assert rerun.returncode == 0 and "train: 5 batches" in rerun.stdout
+    assert re.search(r"checkpoint step +5\n", result.stdout), result.stdout
+    assert "fashion_mnist_local/all test (n=12)" in result.stdout
+    assert (tmp_path / "run" / "eval" / "fashion_mnist_local_all-test-5.json").exists()
+    rerun = _run_demo(*args)  # idempotent: reuses the dataset, does not train again
+    assert rerun.returncode == 0 and re.search(r"checkpoint step +5\n", rerun.stdout)
+    assert "training resnet_mini" not in rerun.stderr
 
 
 def test_demo_without_source_files_exits_2_with_the_fix(tmp_path):
@@ -46,7 +54,7 @@ def test_demo_without_source_files_exits_2_with_the_fix(tmp_path):
         "app.run(demo.main)\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code, "--config", "configs/demo.py", f"--data_dir={tmp_path}"],
+        [sys.executable, "-c", code, f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'run'}"],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-2000:]

@@ -1,0 +1,62 @@
+"""The base config every run config starts from (sections in the documented order).
+
+Run configs (`configs/<name>.py`) call `base_config()` and override what their recipe says.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from imagenot_jax import checkpoint, input_pipeline, optim, sharding
+
+IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)  # 0..255 units
+IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    pipeline = input_pipeline.default_config()
+
+    # data
+    config.data = pipeline.data
+
+    # input (host pipeline, then normalization and mixing on device)
+    config.input = pipeline.input
+    config.input.mean = IMAGENET_MEAN
+    config.input.std = IMAGENET_STD
+    config.input.mixup_alpha = 0.0  # torchvision --mixup-alpha (0: off)
+    config.input.cutmix_alpha = 0.0  # torchvision --cutmix-alpha (0: off)
+
+    # model
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "resnet50"  # imagenot_jax.models.list_models()
+    config.model.dtype = "float32"  # compute dtype; params and norm statistics stay fp32
+    config.model.num_classes = config_dict.placeholder(int)  # None: from the dataset
+    config.model.kwargs = ml_collections.ConfigDict()
+
+    # optim (+ loss and EMA, which torchvision's recipes set beside the optimizer)
+    config.optim = optim.default_optim_config()
+    config.optim.label_smoothing = 0.0
+    config.optim.ema_decay = config_dict.placeholder(float)  # torchvision --model-ema-decay
+    config.optim.ema_steps = 32  # torchvision --model-ema-steps
+
+    # schedule
+    config.schedule = optim.default_schedule_config()
+    config.schedule.num_steps = config_dict.placeholder(int)  # None: epochs * steps per epoch
+
+    # mesh
+    config.mesh = sharding.default_mesh_config()
+
+    # eval
+    config.eval = ml_collections.ConfigDict()
+    config.eval.every_steps = config_dict.placeholder(int)  # None: at the end of every epoch
+
+    # checkpoint
+    config.checkpoint = checkpoint.default_checkpoint_config()
+
+    # logging
+    config.logging = ml_collections.ConfigDict()
+    config.logging.every_steps = 100
+    return config

@@ -1,0 +1,28 @@
+"""Train a model: `python -m imagenot_jax.main --config configs/<name>.py[:arg] --workdir DIR`.
+
+Override any config field from the command line: `--config.optim.lr=0.2`. An existing workdir
+resumes from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from imagenot_jax import train
+from imagenot_jax.cli import quiet_library_logs, run_user_command
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and metrics (local or gs://).")
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quiet_library_logs()
+    run_user_command(train.train_and_evaluate, _CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

@@ -1,0 +1,220 @@
+"""Training engine: sharded train+eval, resume exactness, preemption, NaN stop, evaluation, CLI.
+
+Runs on 8 simulated CPU devices (tests/conftest.py). Subprocess tests use the real entry point
+`python -m imagenot_jax.main` on a tiny Fashion-MNIST-format dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import demo
+from imagenot_jax import evaluate, sharding, train
+from tests.conftest import REPO
+from tfds_imagenot.fashion_mnist_local import Builder as FashionBuilder
+from tfds_imagenot.fashion_mnist_local.testing import write_fake_fashion_mnist
+
+N_TRAIN, N_TEST = 96, 21  # 21: no eval batch size used here divides it
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> pathlib.Path:
+    root = tmp_path_factory.mktemp("train_data")
+    write_fake_fashion_mnist(root / "manual", {"train": N_TRAIN, "test": N_TEST})
+    builder = FashionBuilder(config="all", data_dir=str(root))
+    builder.download_and_prepare(
+        file_format="array_record",
+        download_config=tfds.download.DownloadConfig(manual_dir=str(root / "manual")),
+    )
+    return root
+
+
+# Small enough to compile and run in seconds on 2 cores.
+TINY = {
+    "input.global_batch_size": 16,
+    "input.eval_batch_size": 8,
+    "input.num_workers": 0,
+    "model.kwargs.widths": (4, 8, 8),
+    "schedule.epochs": 2,
+    "checkpoint.every_steps": 3,
+    "logging.every_steps": 2,
+}
+
+
+def tiny_config(data_dir: pathlib.Path, **overrides):
+    config = demo.get_config()
+    config.data.data_dir = str(data_dir)
+    for dotted, value in {**TINY, **overrides}.items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+
+
+def cli_overrides(data_dir: pathlib.Path, **overrides) -> list[str]:
+    values = {"data.data_dir": str(data_dir), **TINY, **overrides}
+    return [f"--config.{k}={v}" for k, v in values.items()]
+
+
+def run_main(workdir, data_dir, *extra, wait=True, **overrides):
+    command = [
+        sys.executable, "-m", "imagenot_jax.main", "--config", "configs/demo.py",
+        f"--workdir={workdir}", *cli_overrides(data_dir, **overrides), *extra,
+    ]  # fmt: skip
+    kwargs = dict(cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if not wait:
+        return subprocess.Popen(command, **kwargs)
+    return subprocess.run(command, timeout=600, check=False, **kwargs)
+
+
+def saved_state(workdir: pathlib.Path, step: int) -> dict:
+    return ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
+
+
+def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
+    directory = workdir / "checkpoints"
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+# --- in-process: sharded training and evaluation ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mesh_overrides",
+    [
+        {"mesh.bn_mode": "global"},
+        {"mesh.bn_mode": "per_device"},
+        {"mesh.bn_mode": "global", "mesh.fsdp": True, "mesh.fsdp_min_size": 64},
+    ],
+    ids=["global_bn", "per_device_bn", "fsdp"],
+)
+def test_train_and_evaluate_on_8_devices(tmp_path, data_dir, mesh_overrides):
+    assert jax.device_count() == 8
+    config = tiny_config(data_dir, **mesh_overrides)
+    result = train.train_and_evaluate(config, str(tmp_path))
+    steps = 2 * (N_TRAIN // 16)
+    assert result["val_n"] == N_TEST and 0.0 <= result["val_top1"] <= 1.0
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "loss" in r]
+    assert logged[-1]["step"] == steps and all(np.isfinite(r["loss"]) for r in logged)
+    assert {"lr", "images_per_s", "train_top1", "grad_norm"} <= logged[-1].keys()
+    assert json.loads((tmp_path / "config.json").read_text())["model"]["num_classes"] == 10
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert steps in checkpoint_steps(tmp_path)
+    if mesh_overrides.get("mesh.fsdp"):
+        setup = train.make_setup(config, sharding.make_mesh(), N_TRAIN)
+        specs = {s.spec for s in jax.tree.leaves(setup.state_shardings)}
+        assert any(sharding.DATA_AXIS in spec for spec in specs)  # some arrays really split
+
+
+def test_evaluate_counts_every_example_once_and_writes_json(tmp_path, data_dir):
+    config = tiny_config(data_dir, **{"schedule.num_steps": 3})
+    train.train_and_evaluate(config, str(tmp_path))
+    result, path = evaluate.evaluate_checkpoint(str(tmp_path), batch_size=8)  # 21 % 8 != 0
+    assert path == tmp_path / "eval" / "fashion_mnist_local_all-test-3.json"
+    written = json.loads(path.read_text())
+    assert written["n"] == N_TEST == result["n"] and written["step"] == 3
+    assert written["model"] == "resnet_mini" and written["dataset_version"] == "1.0.0"
+    low, high = written["top1_ci95"]
+    assert 0.0 <= low <= written["top1"] <= high <= 1.0
+    assert len(written["per_class_recall"]) == 10
+    examples = np.load(tmp_path / "eval" / "fashion_mnist_local_all-test-3.examples.npz")
+    assert sorted(examples["key"]) == [f"test_{i:05d}" for i in range(N_TEST)]
+    assert examples["top5"].shape == (N_TEST, 5)
+    assert examples["correct"].mean() == pytest.approx(written["top1"])
+
+
+def test_clopper_pearson_matches_known_values():
+    low, high = evaluate.clopper_pearson(50, 100)
+    assert low == pytest.approx(0.3983, abs=1e-4) and high == pytest.approx(0.6017, abs=1e-4)
+    assert evaluate.clopper_pearson(0, 10)[0] == 0.0 and evaluate.clopper_pearson(10, 10)[1] == 1.0
+
+
+# --- subprocess: the entry point, resume, preemption ----------------------------------------
+
+
+def test_sigkill_then_resume_gives_bitwise_identical_parameters(tmp_path, data_dir):
+    steps = {"schedule.num_steps": 30, "checkpoint.every_steps": 2}
+    straight = run_main(tmp_path / "straight", data_dir, **steps)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    interrupted = tmp_path / "interrupted"
+    process = run_main(interrupted, data_dir, wait=False, **steps)
+    deadline = time.monotonic() + 300
+    while not [s for s in checkpoint_steps(interrupted) if s >= 6] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = max(checkpoint_steps(interrupted))
+    assert 6 <= killed_at < 30, "the run finished before it could be killed"
+    resumed = run_main(interrupted, data_dir, **steps)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from step {killed_at}" in resumed.stderr
+
+    a, b = saved_state(tmp_path / "straight", 30), saved_state(interrupted, 30)
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path, data_dir):
+    process = run_main(
+        tmp_path,
+        data_dir,
+        wait=False,
+        **{"schedule.num_steps": 10_000, "checkpoint.every_steps": 10_000},
+    )
+    deadline = time.monotonic() + 300
+    metrics = tmp_path / "metrics.jsonl"
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert time.monotonic() < deadline and process.poll() is None, process.stderr.read()[-3000:]
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    saved = checkpoint_steps(tmp_path)
+    assert saved and 0 < saved[-1] < 10_000
+    assert f"preempted: checkpoint saved at step {saved[-1]}" in stderr
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, data_dir):
+    good = run_main(tmp_path, data_dir, **{"schedule.num_steps": 3})
+    assert good.returncode == 0, good.stderr[-3000:]
+    # Resume with std 0: the normalised images, hence the loss, become NaN at once.
+    bad = run_main(tmp_path, data_dir, **{"schedule.num_steps": 9, "input.std": (0.0, 0.0, 0.0)})
+    assert bad.returncode != 0
+    assert "loss is nan at step 4" in bad.stderr
+    assert "Last good checkpoint: step 3" in bad.stderr
+    assert checkpoint_steps(tmp_path) == [3]
+
+
+def test_cli_overrides_apply_and_misspelled_keys_fail_clearly(tmp_path, data_dir):
+    ok = run_main(tmp_path / "ok", data_dir, "--config.optim.lr=0.05", **{"schedule.num_steps": 2})
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert json.loads((tmp_path / "ok" / "config.json").read_text())["optim"]["lr"] == 0.05
+    bad = run_main(tmp_path / "bad", data_dir, "--config.optim.lrr=0.05")
+    assert bad.returncode != 0
+    assert "lrr" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_user_errors_exit_2_with_one_line(tmp_path, data_dir):
+    result = run_main(tmp_path, data_dir, **{"input.global_batch_size": 12})  # 8 devices
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: input.global_batch_size=12 is not divisible by the 8 devices of the mesh"
+    )
