@@ -9,13 +9,12 @@ interrupted one resumes). Later stages (ranking) extend this demo.
 
 from __future__ import annotations
 
-import os
 import time
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from imagenot_jax import evaluate, train
+from imagenot_jax import evaluate, input_pipeline, train
 from imagenot_jax.cli import quiet_library_logs, run_user_command
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.")
@@ -73,11 +72,7 @@ def run(config, workdir: str, data_dir: str, manual_dir: str | None) -> None:
 
 def main(argv: list[str]) -> None:
     del argv
-    data_dir = (
-        _DATA_DIR.value
-        or os.environ.get("TFDS_DATA_DIR")
-        or os.path.expanduser("~/tensorflow_datasets")
-    )
+    data_dir = _DATA_DIR.value or input_pipeline.default_data_dir()
     quiet_library_logs()
     run_user_command(run, _CONFIG.value, _WORKDIR.value, data_dir, _MANUAL_DIR.value)
 
