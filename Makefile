@@ -19,17 +19,17 @@ demo: $(VENV)/.core system-deps
 	$(PY) -m imagenot_jax.demo --config configs/demo.py --data_dir "$(TFDS_DATA_DIR)" \
 		--workdir "$(CURDIR)/.data/demo"
 
-test: $(VENV)/.core system-deps
+test: $(VENV)/.test system-deps
 	$(PY) -m pytest -q -m "not slow"
 
-test-slow: $(VENV)/.core system-deps
+test-slow: $(VENV)/.test system-deps
 	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]  # 5: no test is marked slow yet
 
 lint: $(VENV)/.core
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 # Benchmarks compare against PyTorch, so they also need the curation extra (torch, torchvision).
-bench: $(VENV)/.bench system-deps
+bench: $(VENV)/.test system-deps
 	$(PY) -m benchmarks.input_pipeline
 
 $(PY):
@@ -43,7 +43,9 @@ $(VENV)/.core: pyproject.toml constraints.txt | $(PY)
 	$(INSTALL) -e '.[train,data,dev]'
 	@touch $@
 
-$(VENV)/.bench: pyproject.toml constraints.txt $(VENV)/.core
+# Tests also need the curation extra: models, optimizers, schedules, EMA and mixing are checked
+# against torch/torchvision on the spot (regular wheels, several GB, but they run on CPU).
+$(VENV)/.test: pyproject.toml constraints.txt $(VENV)/.core
 	$(INSTALL) -e '.[train,data,dev,curation]'
 	@touch $@
 

@@ -100,8 +100,16 @@ def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
         {"mesh.bn_mode": "global"},
         {"mesh.bn_mode": "per_device"},
         {"mesh.bn_mode": "global", "mesh.fsdp": True, "mesh.fsdp_min_size": 64},
+        {  # the recipe features torchvision's configs use, through the jitted step
+            "optim.ema_decay": 0.99,
+            "optim.ema_steps": 2,
+            "optim.label_smoothing": 0.1,
+            "input.mixup_alpha": 0.2,
+            "input.cutmix_alpha": 1.0,
+            "optim.grad_clip_norm": 1.0,
+        },
     ],
-    ids=["global_bn", "per_device_bn", "fsdp"],
+    ids=["global_bn", "per_device_bn", "fsdp", "ema_mixing_smoothing_clip"],
 )
 def test_train_and_evaluate_on_8_devices(tmp_path, data_dir, mesh_overrides):
     assert jax.device_count() == 8
