@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imagenot_jax.models.layers import BatchNorm, linear_kernel_init
+from imagenot_jax.models.layers import BatchNorm, linear_kernel_init, torch_conv
 from imagenot_jax.models.registry import register_model
 from imagenot_jax.models.torch_weights import load_torch_state_dict
 
@@ -29,30 +29,10 @@ from imagenot_jax.models.torch_weights import load_torch_state_dict
 densenet_conv_init = nnx.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
-def _conv(
-    in_features: int,
-    out_features: int,
-    kernel_size: int,
-    *,
-    stride: int = 1,
-    padding: int = 0,
-    dtype: Any,
-    param_dtype: Any,
-    rngs: nnx.Rngs,
-) -> nnx.Conv:
-    """Bias-free torch.nn.Conv2d with explicit symmetric padding and DenseNet's fan_in init."""
-    return nnx.Conv(
-        in_features,
-        out_features,
-        kernel_size=(kernel_size, kernel_size),
-        strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
-        use_bias=False,
-        kernel_init=densenet_conv_init,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        rngs=rngs,
-    )
+def _conv(in_features: int, out_features: int, kernel_size: int, **kw: Any) -> nnx.Conv:
+    """Bias-free torch.nn.Conv2d with DenseNet's fan_in init (torchvision's other families use
+    fan_out)."""
+    return torch_conv(in_features, out_features, kernel_size, kernel_init=densenet_conv_init, **kw)
 
 
 class DenseLayer(nnx.Module):

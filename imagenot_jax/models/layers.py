@@ -56,11 +56,13 @@ def torch_conv(
     stride: int = 1,
     padding: int = 0,
     groups: int = 1,
+    kernel_init: Any = None,
     dtype: Any,
     param_dtype: Any,
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
-    """Bias-free conv as torch.nn.Conv2d(..., bias=False) with torchvision's kaiming init.
+    """Bias-free conv as torch.nn.Conv2d(..., bias=False) with torchvision's kaiming init
+    (fan_out, as ResNet/VGG/MobileNet set it) unless a family passes its own `kernel_init`.
 
     Padding is explicit and symmetric, `padding` pixels per side, exactly as torch; 'SAME' would
     pad asymmetrically for even inputs with stride 2 and shift every feature map by a pixel.
@@ -73,7 +75,7 @@ def torch_conv(
         padding=((padding, padding), (padding, padding)),
         feature_group_count=groups,
         use_bias=False,
-        kernel_init=conv_kernel_init,
+        kernel_init=kernel_init or conv_kernel_init,
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,
