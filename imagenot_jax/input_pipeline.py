@@ -2,9 +2,10 @@
 
 Train: a seeded global shuffle per epoch over the whole split, repeated forever; each JAX process
 takes every `process_count`-th element of that one global stream (so shards are disjoint and each
-epoch is partitioned across processes), then decode + RandomResizedCrop + flip, batched with
-drop_remainder. Eval: each process reads a strided subset, padded with masked examples so that all
-processes yield the same number of batches and every example is seen exactly once.
+epoch is partitioned across processes), then decode + RandomResizedCrop + flip (+ optional
+auto-augment policy and RandomErasing, see augment.py), batched with drop_remainder. Eval: each
+process reads a strided subset, padded with masked examples so that all processes yield the same
+number of batches and every example is seen exactly once.
 
 Outputs are uint8 HWC images: normalization happens on the accelerator. Both pipelines are grain
 `IterDataset`s whose iterators support `get_state()`/`set_state()` for exact resumption.
@@ -24,7 +25,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
 
-from imagenot_jax import image_ops
+from imagenot_jax import augment, image_ops
 
 Example = dict[str, Any]
 
@@ -64,10 +65,12 @@ def open_source(name: str, split: str, data_dir: str | None) -> Any:
             f"dataset {name!r} is not prepared in data_dir {data_dir}; "
             "build it with `tfds build ... --file_format=array_record` (see README)"
         )
-    if split not in builder.info.splits:
+    try:  # a split name or a TFDS slice of one ("test[:64]", "train[:10%]")
+        builder.info.splits[split]
+    except (KeyError, ValueError, AssertionError):
         raise ValueError(
             f"dataset {name!r} has no split {split!r}; it has {list(builder.info.splits)}"
-        )
+        ) from None
     if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
         raise ValueError(
             f"dataset {name!r} in {builder.data_dir} is stored as "
@@ -95,6 +98,14 @@ def default_config() -> ml_collections.ConfigDict:
     config.input.rrc_scale = (0.08, 1.0)  # fraction of the image area
     config.input.rrc_ratio = (3 / 4, 4 / 3)  # aspect ratio w/h
     config.input.hflip = True
+    # torchvision reference `--auto-augment`: None, "ra" (RandAugment), "ta_wide"
+    # (TrivialAugmentWide) or "imagenet" (AutoAugment), applied after the flip.
+    config.input.auto_augment = ml_collections.config_dict.placeholder(str)
+    config.input.ra_magnitude = 9  # --ra-magnitude: RandAugment's bin of 31
+    # The preset passes its --interpolation (default bilinear) to the policy: "nearest" | "bilinear"
+    config.input.auto_augment_interpolation = "bilinear"
+    # --random-erase: RandomErasing probability (0: off), filled with round(input.mean).
+    config.input.random_erase = 0.0
     config.input.eval_resize = 256  # shorter side (px) before the center crop
     config.input.eval_crop = 224
     # Decode large JPEGs at a reduced DCT scale when the crop will be shrunk anyway: several times
@@ -114,7 +125,13 @@ def default_config() -> ml_collections.ConfigDict:
 # ---------------------------------------------------------------------------------------------
 
 
-def _train_example(source: Any, cfg: ml_collections.ConfigDict, index: int, rng) -> Example:
+def _train_example(
+    source: Any,
+    cfg: ml_collections.ConfigDict,
+    train_augment: augment.TrainAugment | None,
+    index: int,
+    rng,
+) -> Example:
     record = source[index]
     image = image_ops.decode_random_resized_crop(
         record["image"],
@@ -127,6 +144,8 @@ def _train_example(source: Any, cfg: ml_collections.ConfigDict, index: int, rng)
     )
     if cfg.hflip and rng.random() < 0.5:
         image = image_ops.hflip(image)
+    if train_augment is not None:  # auto-augment policy, then RandomErasing
+        image = train_augment(image, rng)
     return {
         "image": image,
         "label": np.int32(record["label"]),
@@ -218,6 +237,7 @@ def make_train_dataset(
     """Infinite stream of training batches {image uint8 BHWC, label int32, index int64}."""
     shard = shard or ProcessShard.from_jax()
     cfg = config.input
+    train_augment = augment.train_augment(cfg)  # validates its keys before any data is opened
     source = open_source(config.data.name, config.data.train_split, config.data.get("data_dir"))
     batch = per_process_batch_size(cfg.global_batch_size, shard)
     ds = (
@@ -225,7 +245,7 @@ def make_train_dataset(
         .seed(cfg.seed)
         .shuffle()
         .repeat(None)  # reseeds the shuffle each epoch
-        .random_map(functools.partial(_train_example, source, cfg))
+        .random_map(functools.partial(_train_example, source, cfg, train_augment))
     )
     # Slicing after the (lazy) transforms keeps each element's augmentation a function of its
     # position in the global stream, whatever the number of processes.
