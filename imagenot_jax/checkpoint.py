@@ -67,15 +67,16 @@ class Checkpointer:
         self,
         step: int,
         state: Any,
-        data_iterator: Any,
+        data_iterator: Any | None,
         config: ml_collections.ConfigDict,
         metrics: dict[str, float] | None = None,
     ) -> None:
         args = {
             _STATE: ocp.args.StandardSave(state),
-            _DATA: grain.checkpoint.CheckpointSave(data_iterator),
             _CONFIG: ocp.args.JsonSave(config.to_dict()),
         }
+        if data_iterator is not None:  # None: weights only (converted torchvision weights)
+            args[_DATA] = grain.checkpoint.CheckpointSave(data_iterator)
         self._manager.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=True)
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> Any:

@@ -35,6 +35,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.dtype = "float32"  # compute dtype; params and norm statistics stay fp32
     config.model.num_classes = config_dict.placeholder(int)  # None: from the dataset
     config.model.kwargs = ml_collections.ConfigDict()
+    # Weight of an auxiliary head's loss (Inception-v3 in train mode; 0.4 as in its paper and
+    # torchvision's port); ignored by models without one.
+    config.model.aux_loss_weight = 0.4
 
     # optim (+ loss and EMA, which torchvision's recipes set beside the optimizer)
     config.optim = optim.default_optim_config()

@@ -170,12 +170,18 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 
 
-def _forward_loss(model_graph: Any) -> Callable:
+def _forward_loss(model_graph: Any, aux_loss_weight: float) -> Callable:
+    """Loss of one batch. A model with an auxiliary head (Inception-v3) returns
+    (logits, aux_logits) in train mode; its loss is CE(logits) + aux_loss_weight * CE(aux)."""
+
     def loss_fn(params, batch_stats, rest, images, targets):
         model = nnx.merge(model_graph, params, batch_stats, rest, copy=True)
-        logits = model(images)
+        outputs = model(images)
+        logits, aux_logits = outputs if isinstance(outputs, tuple) else (outputs, None)
         _, _, new_stats, new_rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
         loss = jnp.mean(cross_entropy(logits, targets))
+        if aux_logits is not None:
+            loss = loss + aux_loss_weight * jnp.mean(cross_entropy(aux_logits, targets))
         return loss, (logits, new_stats, new_rest)
 
     return jax.value_and_grad(loss_fn, has_aux=True)
@@ -209,7 +215,7 @@ def make_train_step(setup: Setup) -> Callable:
     config, mesh = setup.config, setup.mesh
     num_classes = config.model.num_classes
     dtype = jnp.dtype(config.model.dtype)
-    grad_fn = _forward_loss(setup.model_def.train)
+    grad_fn = _forward_loss(setup.model_def.train, config.model.aux_loss_weight)
     if config.mesh.bn_mode == "per_device":
         grad_fn = _per_device_bn(grad_fn, mesh)
     elif config.mesh.bn_mode != "global":

@@ -1,13 +1,11 @@
-"""MobileNetV3 family: parameter counts, eval-mode identity and train-mode BN updates vs
-torchvision.
+"""MobileNetV3 family: channel rounding, init, train-mode BN updates and dropout vs torchvision.
 
+Parameter counts and eval-mode identity of every variant are in test_model_zoo.py.
 Fast on CPU: whole models are never initialised eagerly (~20 s on 2 cores, one compile per
 distinct shape); they are built abstractly and filled, and run under nnx.jit.
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -15,22 +13,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from imagenot_jax.models import get_model, list_models
+from imagenot_jax.models import get_model
 from imagenot_jax.models import mobilenet_v3 as mnv3  # registers the family
-from imagenot_jax.models.torch_weights import load_torch_state_dict
 
-# torchvision parameter counts at 1000 classes (its weights' meta "num_params").
-TORCHVISION_PARAMS = {"mobilenet_v3_large": 5_483_032, "mobilenet_v3_small": 2_542_856}
-NAMES = sorted(TORCHVISION_PARAMS)
-
-
-def _num_params(model: nnx.Module) -> int:
-    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-
-
-@functools.cache
-def _param_count(name: str) -> int:
-    return _num_params(nnx.eval_shape(lambda: get_model(name, num_classes=1000, rngs=nnx.Rngs(0))))
+import model_parity
 
 
 def _build(name: str, **kwargs) -> nnx.Module:
@@ -55,31 +41,10 @@ def _build(name: str, **kwargs) -> nnx.Module:
     return nnx.merge(graphdef, params, stats, jax.tree.map(concrete, rest))
 
 
-@nnx.jit
-def _forward(model: nnx.Module, x: jax.Array) -> jax.Array:
-    return model(x)
-
-
-def test_registered():
-    assert set(NAMES) <= set(list_models())
-
-
 def test_make_divisible_matches_torchvision_rule():
     assert mnv3._make_divisible(72 // 4, 8) == 24  # 18 -> 16 would lose > 10%
     assert mnv3._make_divisible(240 // 4, 8) == 64
     assert mnv3._make_divisible(3, 8) == 8
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_param_count_known(name):
-    assert _param_count(name) == TORCHVISION_PARAMS[name]
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_param_count_equals_torchvision(name):
-    tv = pytest.importorskip("torchvision")
-    expected = sum(p.numel() for p in getattr(tv.models, name)().parameters())
-    assert _param_count(name) == expected
 
 
 def test_init_matches_torchvision_scheme():
@@ -102,51 +67,18 @@ def test_init_matches_torchvision_scheme():
     assert np.all(np.asarray(se.fc1.bias[...]) == 0) and np.all(np.asarray(se.fc2.bias[...]) == 0)
 
 
-def _torchvision_pair(name: str):
-    """A torchvision model with non-trivial BN state, and our model loaded from it."""
-    torch = pytest.importorskip("torch")
-    tv = pytest.importorskip("torchvision")
-    torch.manual_seed(0)
-    torch_model = getattr(tv.models, name)()
-    with torch.no_grad():
-        for module in torch_model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0.0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.1)
-    model = _build(name)
-    load_torch_state_dict(model, torch_model.state_dict())
-    return torch, torch_model, model
-
-
-def _random_input(torch, shape_nhwc):
-    x = np.random.default_rng(0).standard_normal(shape_nhwc).astype(np.float32)
-    return x, torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_eval_forward_matches_torchvision(name):
-    torch, torch_model, model = _torchvision_pair(name)
-    x, x_torch = _random_input(torch, (1, 64, 64, 3))
-    torch_model.eval()
-    with torch.no_grad():
-        expected = torch_model(x_torch).numpy()
-    model.eval()
-    got = np.asarray(_forward(model, jnp.asarray(x)))
-    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
-
-
 def test_train_mode_dropout_and_running_stats_match_torchvision():
     """One train-mode forward: BN running stats as torch's (momentum 0.01, unbiased running_var);
     dropout is active in train mode only."""
-    torch, torch_model, model = _torchvision_pair("mobilenet_v3_small")
-    x, x_torch = _random_input(torch, (4, 64, 64, 3))
+    torch = pytest.importorskip("torch")
+    torch_model = model_parity.torchvision_model("mobilenet_v3_small")
+    model = model_parity.converted("mobilenet_v3_small", torch_model)
+    x, x_torch = model_parity.random_input((4, 64, 64, 3))
     torch_model.train()
     with torch.no_grad():
         torch_model(x_torch)
     model.train()
-    first = np.asarray(_forward(model, jnp.asarray(x)))
+    first = np.asarray(model_parity.jit_forward(model, jnp.asarray(x)))
     ours = {
         "features.0.1": model.features[0][1],
         "features.1.block.0.1": model.features[1].block[0][1],  # depthwise, stride 2
@@ -162,7 +94,7 @@ def test_train_mode_dropout_and_running_stats_match_torchvision():
             bn.var[...], torch_state[f"{key}.running_var"].numpy(), rtol=1e-4, atol=1e-6
         )
     # BN in train mode is deterministic given x, so differing logits come from dropout.
-    second = np.asarray(_forward(model, jnp.asarray(x)))
+    second = np.asarray(model_parity.jit_forward(model, jnp.asarray(x)))
     assert not np.allclose(first, second)
     dropout = model.classifier[2]
     assert dropout.rate == 0.2
@@ -170,14 +102,17 @@ def test_train_mode_dropout_and_running_stats_match_torchvision():
     assert set(np.unique(kept).tolist()) <= {0.0, 1.25}
     assert np.mean(kept == 0) == pytest.approx(0.2, abs=0.02)
     model.eval()
-    assert np.array_equal(_forward(model, jnp.asarray(x)), _forward(model, jnp.asarray(x)))
+    assert np.array_equal(
+        model_parity.jit_forward(model, jnp.asarray(x)),
+        model_parity.jit_forward(model, jnp.asarray(x)),
+    )
 
 
 def test_bf16_compute_keeps_fp32_params_and_stats():
     model = _build("mobilenet_v3_small", dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
     model.train()
-    logits = _forward(model, x)
+    logits = model_parity.jit_forward(model, x)
     assert logits.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(logits)))
     for kind in (nnx.Param, nnx.BatchStat):
         dtypes = {a.dtype for a in jax.tree.leaves(nnx.state(model, kind))}

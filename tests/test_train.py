@@ -17,27 +17,17 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-import tensorflow_datasets as tfds
 
 from configs import demo
 from imagenot_jax import evaluate, sharding, train
+from tests.conftest import FAKE_FASHION_TEST as N_TEST
+from tests.conftest import FAKE_FASHION_TRAIN as N_TRAIN
 from tests.conftest import REPO
-from tfds_imagenot.fashion_mnist_local import Builder as FashionBuilder
-from tfds_imagenot.fashion_mnist_local.testing import write_fake_fashion_mnist
-
-N_TRAIN, N_TEST = 96, 21  # 21: no eval batch size used here divides it
 
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory) -> pathlib.Path:
-    root = tmp_path_factory.mktemp("train_data")
-    write_fake_fashion_mnist(root / "manual", {"train": N_TRAIN, "test": N_TEST})
-    builder = FashionBuilder(config="all", data_dir=str(root))
-    builder.download_and_prepare(
-        file_format="array_record",
-        download_config=tfds.download.DownloadConfig(manual_dir=str(root / "manual")),
-    )
-    return root
+def data_dir(fake_fashion_mnist) -> pathlib.Path:
+    return fake_fashion_mnist
 
 
 # Small enough to compile and run in seconds on 2 cores.

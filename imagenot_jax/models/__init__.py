@@ -9,4 +9,14 @@ from imagenot_jax.models.registry import get_model, list_models, register_model
 __all__ = ["get_model", "list_models", "register_model"]
 
 # Family modules register themselves on import; keep these last.
-from imagenot_jax.models import alexnet, densenet, mobilenet_v3, resnet, vgg  # noqa: F401
+from imagenot_jax.models import (  # noqa: F401
+    alexnet,
+    convnext,
+    densenet,
+    efficientnet,
+    inception,
+    mobilenet_v3,
+    resnet,
+    vgg,
+    vit,
+)

@@ -2,7 +2,7 @@
 
 Same modules, names, parameter shapes, initialisation and eval-mode function as torchvision's
 DenseNet-BC, so torchvision state_dicts load one-to-one with the generic
-`torch_weights.load_torch_state_dict` (`features.denseblock1.denselayer1.norm1.weight` is
+`torch_weights.load_torchvision` (`features.denseblock1.denselayer1.norm1.weight` is
 `model.features.denseblock1.denselayer1.norm1.scale`). Channels are concatenated on the last
 axis in torch's order (block input first, then each layer's new features), so loaded 1x1 conv
 kernels see their input channels where torch's did.
@@ -22,7 +22,6 @@ from flax import nnx
 
 from imagenot_jax.models.layers import BatchNorm, linear_kernel_init, torch_conv
 from imagenot_jax.models.registry import register_model
-from imagenot_jax.models.torch_weights import load_torch_state_dict
 
 # torch.nn.init.kaiming_normal_(w) with its defaults (mode="fan_in", a=0 -> gain^2 = 2):
 # N(0, 2 / fan_in), fan_in = in_channels * kh * kw (jax reads the same fan from an HWIO kernel).
@@ -214,6 +213,24 @@ class DenseNet(nnx.Module):
             rngs=rngs,
         )
 
+    @staticmethod
+    def adapt_torch_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
+        """Accepts the legacy checkpoint key style too (`denselayer1.norm.1.weight`), renamed
+        as torchvision's own `_load_state_dict` does (`torch_weights.load_torchvision` calls it)."""
+        renamed = {}
+        for key, value in state_dict.items():
+            parts = key.split(".")
+            # legacy: denselayerN.(norm|relu|conv).(1|2).leaf -> denselayerN.(norm|conv)(1|2).leaf
+            if (
+                len(parts) >= 4
+                and parts[-4].startswith("denselayer")
+                and parts[-3] in ("norm", "relu", "conv")
+                and parts[-2] in ("1", "2")
+            ):
+                parts = [*parts[:-3], parts[-3] + parts[-2], parts[-1]]
+            renamed[".".join(parts)] = value
+        return renamed
+
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jnp.asarray(x, self.dtype)
         x = nnx.relu(self.features(x))
@@ -221,25 +238,12 @@ class DenseNet(nnx.Module):
         return self.classifier(x)
 
 
-def load_torchvision_densenet(model: DenseNet, state_dict: Mapping[str, Any]) -> None:
-    """Loads a torchvision DenseNet state_dict into our `DenseNet` in place.
-
-    Also accepts the legacy checkpoint key style (`denselayer1.norm.1.weight`), renamed as
-    torchvision's own `_load_state_dict` does.
-    """
-    renamed = {}
-    for key, value in state_dict.items():
-        parts = key.split(".")
-        # legacy: ...denselayerN.(norm|relu|conv).(1|2).leaf -> ...denselayerN.(norm|conv)(1|2).leaf
-        if (
-            len(parts) >= 4
-            and parts[-4].startswith("denselayer")
-            and parts[-3] in ("norm", "relu", "conv")
-            and parts[-2] in ("1", "2")
-        ):
-            parts = [*parts[:-3], parts[-3] + parts[-2], parts[-1]]
-        renamed[".".join(parts)] = value
-    load_torch_state_dict(model, renamed)
+def _build(
+    growth_rate: int, block_config: tuple[int, ...], num_init_features: int, kwargs: dict
+) -> DenseNet:
+    """A variant's architecture, which `kwargs` may override (a smaller net for smoke runs)."""
+    arch = dict(growth_rate=growth_rate, block_config=block_config)
+    return DenseNet(**{**arch, "num_init_features": num_init_features, **kwargs})
 
 
 # --- registered variants (torchvision's names and definitions) ----------------------------
@@ -248,22 +252,22 @@ def load_torchvision_densenet(model: DenseNet, state_dict: Mapping[str, Any]) ->
 @register_model
 def densenet121(**kwargs: Any) -> DenseNet:
     """DenseNet-121 (torchvision: 7,978,856 parameters at 1000 classes)."""
-    return DenseNet(32, (6, 12, 24, 16), 64, **kwargs)
+    return _build(32, (6, 12, 24, 16), 64, kwargs)
 
 
 @register_model
 def densenet161(**kwargs: Any) -> DenseNet:
     """DenseNet-161 (torchvision: 28,681,000 parameters at 1000 classes)."""
-    return DenseNet(48, (6, 12, 36, 24), 96, **kwargs)
+    return _build(48, (6, 12, 36, 24), 96, kwargs)
 
 
 @register_model
 def densenet169(**kwargs: Any) -> DenseNet:
     """DenseNet-169 (torchvision: 14,149,480 parameters at 1000 classes)."""
-    return DenseNet(32, (6, 12, 32, 32), 64, **kwargs)
+    return _build(32, (6, 12, 32, 32), 64, kwargs)
 
 
 @register_model
 def densenet201(**kwargs: Any) -> DenseNet:
     """DenseNet-201 (torchvision: 20,013,928 parameters at 1000 classes)."""
-    return DenseNet(32, (6, 12, 48, 32), 64, **kwargs)
+    return _build(32, (6, 12, 48, 32), 64, kwargs)

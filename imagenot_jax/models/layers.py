@@ -32,50 +32,78 @@ def torch_linear(
     rngs: nnx.Rngs,
 ) -> nnx.Linear:
     """nnx.Linear initialised like torch.nn.Linear (weight and bias both U(+-1/sqrt(fan_in)))."""
-    bound = 1.0 / math.sqrt(in_features)
-
-    def bias_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
     return nnx.Linear(
         in_features,
         out_features,
         kernel_init=linear_kernel_init,
-        bias_init=bias_init,
+        bias_init=torch_bias_init(in_features),
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,
     )
 
 
+# torch.nn.Conv2d's own default weight init, kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in)) with
+# fan_in = in_channels/groups * kh * kw; jax derives the same fan from an HWIO kernel.
+torch_default_conv_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int) -> Any:
+    """torch's default bias init for Conv2d/Linear: U(+-1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (value[0], value[1])
+
+
 def torch_conv(
     in_features: int,
     out_features: int,
-    kernel_size: int,
+    kernel_size: int | tuple[int, int],
     *,
     stride: int = 1,
-    padding: int = 0,
+    padding: int | tuple[int, int] | None = 0,
+    dilation: int = 1,
     groups: int = 1,
+    use_bias: bool = False,
     kernel_init: Any = None,
+    bias_init: Any = None,
     dtype: Any,
     param_dtype: Any,
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
-    """Bias-free conv as torch.nn.Conv2d(..., bias=False) with torchvision's kaiming init
-    (fan_out, as ResNet/VGG/MobileNet set it) unless a family passes its own `kernel_init`.
+    """torch.nn.Conv2d (bias-free by default, as torchvision's conv+BN blocks use it).
 
     Padding is explicit and symmetric, `padding` pixels per side, exactly as torch; 'SAME' would
     pad asymmetrically for even inputs with stride 2 and shift every feature map by a pixel.
+    `padding=None` is torchvision's Conv2dNormActivation default, (k - 1) // 2 * dilation.
+    Kernel and padding may be (h, w) pairs (Inception's 1x7 / 7x1 convs).
+    Initialisation defaults to torchvision's kaiming_normal(fan_out) for the kernel (what
+    ResNet/VGG/MobileNet/EfficientNet set) and torch's U(+-1/sqrt(fan_in)) for a bias; a family
+    passes its own initialisers where torchvision does.
     """
+    kh, kw = _pair(kernel_size)
+    if padding is None:
+        padding = ((kh - 1) // 2 * dilation, (kw - 1) // 2 * dilation)
+    pad_h, pad_w = _pair(padding)
+    fan_in = in_features // groups * kh * kw
     return nnx.Conv(
         in_features,
         out_features,
-        kernel_size=(kernel_size, kernel_size),
+        kernel_size=(kh, kw),
         strides=(stride, stride),
-        padding=((padding, padding), (padding, padding)),
+        padding=((pad_h, pad_h), (pad_w, pad_w)),
+        kernel_dilation=(dilation, dilation),
         feature_group_count=groups,
-        use_bias=False,
+        use_bias=use_bias,
         kernel_init=kernel_init or conv_kernel_init,
+        bias_init=bias_init or torch_bias_init(fan_in),
         dtype=dtype,
         param_dtype=param_dtype,
         rngs=rngs,

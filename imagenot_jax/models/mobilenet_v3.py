@@ -2,13 +2,14 @@
 
 Same config tables, channel rounding (`_make_divisible`), modules, parameter shapes,
 initialisation and eval-mode function as torchvision's, so its state_dicts load one-to-one with
-`torch_weights.load_torch_state_dict`: torch's nn.Sequential containers are nnx.Lists indexed the
+`torch_weights.load_torchvision`: torch's nn.Sequential containers are nnx.Lists indexed the
 same way (`features.1.block.0.0.weight` is `model.features[1].block[0][0].kernel`), and the
 parameter-free layers (activations, dropout) keep their places in those lists.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +17,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imagenot_jax.models.layers import BatchNorm, conv_kernel_init
+from imagenot_jax.models.layers import BatchNorm, torch_conv
 from imagenot_jax.models.registry import register_model
+from imagenot_jax.models.torch_nn import Activation, Sequential
 
 
 def _make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:
@@ -80,60 +82,9 @@ class BatchNorm3(BatchNorm):
         self.epsilon = 1e-3
 
 
-class Activation(nnx.Module):
-    """Parameter-free nn.ReLU / nn.Hardswish / nn.Hardsigmoid, a placeholder in nnx.Lists."""
-
-    _FNS = {"relu": nnx.relu, "hardswish": jax.nn.hard_swish, "hardsigmoid": jax.nn.hard_sigmoid}
-
-    def __init__(self, kind: str):
-        if kind not in self._FNS:
-            raise ValueError(f"unknown activation {kind!r}; expected one of {sorted(self._FNS)}")
-        self.kind = kind
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self._FNS[self.kind](x)
-
-
-class Sequential(nnx.List):
-    """torch.nn.Sequential: an nnx.List (indexed like torch's) that applies its layers in order."""
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for layer in self:
-            x = layer(x)
-        return x
-
-
-def _conv(
-    in_ch: int,
-    out_ch: int,
-    kernel: int,
-    *,
-    stride: int = 1,
-    dilation: int = 1,
-    groups: int = 1,
-    use_bias: bool = False,
-    dtype: Any,
-    param_dtype: Any,
-    rngs: nnx.Rngs,
-) -> nnx.Conv:
-    """torch.nn.Conv2d with torchvision's symmetric padding (k-1)//2*dilation and MobileNetV3's
-    init (kaiming_normal fan_out; zero bias)."""
-    pad = (kernel - 1) // 2 * dilation
-    return nnx.Conv(
-        in_ch,
-        out_ch,
-        kernel_size=(kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        kernel_dilation=(dilation, dilation),
-        feature_group_count=groups,
-        use_bias=use_bias,
-        kernel_init=conv_kernel_init,
-        bias_init=nnx.initializers.zeros,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        rngs=rngs,
-    )
+# torchvision's Conv2dNormActivation padding, (k - 1) // 2 * dilation, and MobileNetV3's init
+# (kaiming_normal fan_out kernels, zero biases).
+_conv = functools.partial(torch_conv, padding=None, bias_init=nnx.initializers.zeros)
 
 
 def conv_norm_activation(

@@ -2,7 +2,7 @@
 
 Same modules, names, parameter shapes, initialisation and eval-mode function as torchvision's
 ResNet (v1.5: the stride of a Bottleneck sits on its 3x3 conv), so torchvision state_dicts load
-one-to-one (`torch_weights.load_torchvision_resnet`). Two generalisations that torchvision
+one-to-one (`torch_weights.load_torchvision`). Two generalisations that torchvision
 hard-codes, needed for small inputs: stage widths/depths are arguments, and `small_input=True`
 swaps the ImageNet stem (7x7/2 conv + 3x3/2 max pool) for a CIFAR-style 3x3/1 conv.
 """
@@ -18,6 +18,7 @@ from flax import nnx
 
 from imagenot_jax.models.layers import BatchNorm, torch_conv, torch_linear
 from imagenot_jax.models.registry import register_model
+from imagenot_jax.models.torch_nn import Sequential
 
 
 class BasicBlock(nnx.Module):
@@ -53,7 +54,7 @@ class BasicBlock(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         out = nnx.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return nnx.relu(out + _apply(self.downsample, x))
+        return nnx.relu(out + (x if self.downsample is None else self.downsample(x)))
 
 
 class Bottleneck(nnx.Module):
@@ -91,27 +92,19 @@ class Bottleneck(nnx.Module):
         out = nnx.relu(self.bn1(self.conv1(x)))
         out = nnx.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return nnx.relu(out + _apply(self.downsample, x))
+        return nnx.relu(out + (x if self.downsample is None else self.downsample(x)))
 
 
-def _downsample(inplanes: int, outplanes: int, stride: int, **kw: Any) -> nnx.List | None:
+def _downsample(inplanes: int, outplanes: int, stride: int, **kw: Any) -> Sequential | None:
     """torchvision's shortcut projection, Sequential(conv1x1(stride), BN), or None if identity.
 
-    An nnx.List keeps torchvision's state_dict names (`downsample.0.weight`, `downsample.1.*`).
+    The Sequential keeps torchvision's state_dict names (`downsample.0.weight`, `downsample.1.*`).
     """
     if stride == 1 and inplanes == outplanes:
         return None
-    return nnx.List(
+    return Sequential(
         [torch_conv(inplanes, outplanes, 1, stride=stride, **kw), BatchNorm(outplanes, **kw)]
     )
-
-
-def _apply(layers: nnx.List | None, x: jax.Array) -> jax.Array:
-    if layers is None:
-        return x
-    for layer in layers:
-        x = layer(x)
-    return x
 
 
 class ResNet(nnx.Module):

@@ -38,9 +38,9 @@ def _leaf(torch_leaf: str, ndim: int) -> tuple[str, tuple[int, ...] | None]:
             return "kernel", (1, 0)  # linear (out, in) -> (in, out)
         return "scale", None  # norm layer
     renames = {"bias": "bias", "running_mean": "mean", "running_var": "var"}
-    if torch_leaf not in renames:
-        raise ValueError(f"don't know how to convert torch parameter kind {torch_leaf!r}")
-    return renames[torch_leaf], None
+    # Anything else is a raw nn.Parameter (ViT's class_token, ConvNeXt's layer_scale): same name,
+    # same layout; a family whose layout differs reshapes it in its adapt_torch_state_dict.
+    return renames.get(torch_leaf, torch_leaf), None
 
 
 def _variable_at(model: nnx.Module, key: str, parts: list[str]) -> nnx.Variable:
@@ -87,6 +87,13 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> N
         raise ValueError(f"state_dict has no value for model variables: {', '.join(missing)}")
 
 
-def load_torchvision_resnet(model: nnx.Module, state_dict: Mapping[str, Any]) -> None:
-    """Loads a torchvision ResNet/ResNeXt/Wide-ResNet state_dict into our `ResNet` in place."""
-    load_torch_state_dict(model, state_dict)
+def load_torchvision(model: nnx.Module, state_dict: Mapping[str, Any]) -> None:
+    """Loads a torchvision state_dict into the matching model of our zoo, in place.
+
+    A family whose names or layouts differ from torchvision's defines
+    `adapt_torch_state_dict(state_dict) -> state_dict` (a static method on its model class) that
+    renames/reshapes the entries first; everything else loads by name.
+    """
+    adapt = getattr(type(model), "adapt_torch_state_dict", None)
+    load_torch_state_dict(model, adapt(state_dict) if adapt is not None else state_dict)
+

@@ -1,10 +1,10 @@
 """VGG family in Flax NNX, following torchvision/models/vgg.py exactly (NHWC layout).
 
 Same configurations (A/B/D/E = VGG-11/13/16/19, with or without BatchNorm), layers, pools,
-dropout and initialisation as torchvision's `VGG`; `features` and `classifier` are nnx.Lists
+dropout and initialisation as torchvision's `VGG`; `features` and `classifier` are Sequentials
 indexed like torch's nn.Sequential (ReLU/MaxPool/Dropout positions included), so torchvision's
 state_dict keys (`features.0.weight`, `features.1.running_mean`, `classifier.0.weight`, ...)
-load one to one with `torch_weights.load_torch_state_dict`.
+load one to one with `torch_weights.load_torchvision`.
 """
 
 from __future__ import annotations
@@ -16,16 +16,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imagenot_jax.models.alexnet import (
+from imagenot_jax.models.layers import BatchNorm, torch_conv
+from imagenot_jax.models.registry import register_model
+from imagenot_jax.models.torch_nn import (
     AdaptiveAvgPool2d,
     MaxPool2d,
     ReLU,
-    apply_sequential,
+    Sequential,
     flatten_nchw,
-    torch_conv_bias,
 )
-from imagenot_jax.models.layers import BatchNorm, conv_kernel_init
-from imagenot_jax.models.registry import register_model
 
 # torchvision's cfgs: output channels of each 3x3 conv, "M" = 2x2/2 max pool.
 CFGS: dict[str, list[int | str]] = {
@@ -46,7 +45,7 @@ _linear_init = nnx.initializers.normal(0.01)
 
 def make_layers(
     cfg: Sequence[int | str], batch_norm: bool, *, dtype: Any, param_dtype: Any, rngs: nnx.Rngs
-) -> nnx.List:
+) -> Sequential:
     """torchvision's make_layers: [conv, (BN,) ReLU] per channel entry, MaxPool2d(2, 2) per "M"."""
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     layers: list[nnx.Module] = []
@@ -55,12 +54,10 @@ def make_layers(
         if v == "M":
             layers.append(MaxPool2d(2, 2))
             continue
-        conv = torch_conv_bias(
-            in_channels, int(v), 3, padding=1, kernel_init=conv_kernel_init, bias_init=_zeros, **kw
-        )
+        conv = torch_conv(in_channels, int(v), 3, padding=1, use_bias=True, bias_init=_zeros, **kw)
         layers += [conv, BatchNorm(int(v), **kw), ReLU()] if batch_norm else [conv, ReLU()]
         in_channels = int(v)
-    return nnx.List(layers)
+    return Sequential(layers)
 
 
 def _vgg_linear(
@@ -99,23 +96,21 @@ class VGG(nnx.Module):
         self.dtype = dtype
         self.features = make_layers(cfg, batch_norm, **kw)
         self.avgpool = AdaptiveAvgPool2d((7, 7))
-        self.classifier = nnx.List(
+        self.classifier = Sequential(
             [
                 _vgg_linear(512 * 7 * 7, 4096, **kw),  # 0
                 ReLU(),
-                nnx.Dropout(dropout, rngs=rngs),
+                nnx.Dropout(dropout, deterministic=None, rngs=rngs),
                 _vgg_linear(4096, 4096, **kw),  # 3
                 ReLU(),
-                nnx.Dropout(dropout, rngs=rngs),
+                nnx.Dropout(dropout, deterministic=None, rngs=rngs),
                 _vgg_linear(4096, num_classes, **kw),  # 6
             ]
         )
 
-    def __call__(self, x: jax.Array, *, rngs: nnx.Rngs | None = None) -> jax.Array:
-        x = jnp.asarray(x, self.dtype)
-        x = apply_sequential(self.features, x)
-        x = flatten_nchw(self.avgpool(x))
-        return apply_sequential(self.classifier, x, rngs)
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = self.features(jnp.asarray(x, self.dtype))
+        return self.classifier(flatten_nchw(self.avgpool(x)))
 
 
 # --- registered variants (torchvision's names and definitions) ----------------------------

@@ -1,0 +1,21 @@
+"""ResNet-50, torchvision's reference recipe (IMAGENET1K_V1 weights).
+
+Command:  python -m imagenot_jax.main --config configs/resnet50.py:dataset=imagenot --workdir W
+          (`:dataset=imagenet` for ImageNet-1k, `:smoke` for a CPU-sized run on Fashion-MNIST)
+Recipe:   https://github.com/pytorch/vision/tree/main/references/classification#resnet
+          `train.py --model resnet50`: torchvision's defaults (recipes.torchvision_default_recipe):
+          SGD lr 0.1 per 256 images, weight decay 1e-4, StepLR(30, 0.1), 90 epochs.
+Hardware: 8 GPUs in torchvision's run; any mesh here (the lr scales with the global batch).
+Expected: ImageNet top-1 76.13% (torchvision's published weights); ImageNot: not measured yet.
+"""
+
+import ml_collections
+
+from imagenot_jax import recipes
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    config, args = recipes.recipe_config("resnet50", arg)
+    recipes.torchvision_default_recipe(config, lr=0.1)
+    recipes.shrink_for_smoke(config, args, image_size=32, model_kwargs={"widths": (8, 16, 32, 64)})
+    return config

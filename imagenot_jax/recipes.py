@@ -1,0 +1,137 @@
+"""What the recipe configs (`configs/<model>.py`) share: the config argument, datasets, smoke runs.
+
+A recipe config is called with an argument string of comma-separated items:
+
+    configs/resnet152.py                       ImageNot (the default dataset), full recipe
+    configs/resnet152.py:dataset=imagenet      ImageNet-1k (TFDS imagenet2012), full recipe
+    configs/resnet152.py:smoke                 a CPU-sized run on the embedded Fashion-MNIST
+    configs/resnet152.py:dataset=imagenot,smoke  the same shrunken run on ImageNot
+
+`smoke` keeps the recipe (optimizer, schedule, augmentation, EMA, ...) and shrinks what the
+recipe sizes: model width/depth where the family takes arguments for it, resolution, batch,
+steps and the eval split, so every recipe trains and evaluates end to end in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ml_collections
+
+from imagenot_jax import defaults
+
+# dataset argument -> (TFDS name, train split, eval split)
+DATASETS: dict[str, tuple[str, str, str]] = {
+    "imagenot": ("imagenot/256", "train", "validation"),
+    "imagenet": ("imagenet2012", "train", "validation"),
+    # The embedded default (Debian's dataset-fashion-mnist, built by `make demo`): smoke runs.
+    "fashion_mnist": ("fashion_mnist_local/all", "train", "test"),
+}
+SMOKE_DATASET = "fashion_mnist"
+SMOKE_EVAL_EXAMPLES = 64  # eval on a slice of the eval split: enough to exercise the eval path
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeArgs:
+    dataset: str = "imagenot"
+    smoke: bool = False
+
+
+def parse_arg(arg: str | None) -> RecipeArgs:
+    """`"dataset=imagenet,smoke"` -> RecipeArgs; unknown items raise a one-line ValueError."""
+    dataset, smoke = None, False
+    for item in filter(None, (part.strip() for part in (arg or "").split(","))):
+        key, _, value = item.partition("=")
+        if item == "smoke":
+            smoke = True
+        elif key == "dataset" and value in DATASETS:
+            dataset = value
+        else:
+            raise ValueError(
+                f"config argument {item!r}: expected 'dataset=<{'|'.join(DATASETS)}>' "
+                "and/or 'smoke', comma-separated"
+            )
+    if dataset is None:
+        dataset = SMOKE_DATASET if smoke else "imagenot"
+    return RecipeArgs(dataset=dataset, smoke=smoke)
+
+
+def recipe_config(model: str, arg: str | None) -> tuple[ml_collections.ConfigDict, RecipeArgs]:
+    """The base config for `model` on the dataset the argument names (bf16 compute)."""
+    args = parse_arg(arg)
+    config = defaults.base_config()
+    config.data.name, config.data.train_split, config.data.eval_split = DATASETS[args.dataset]
+    config.model.name = model
+    config.model.dtype = "bfloat16"  # torchvision's --amp; params and norm stats stay fp32
+    return config, args
+
+
+def set_sizes(
+    config: ml_collections.ConfigDict, *, train_crop: int, eval_resize: int, eval_crop: int
+) -> None:
+    """torchvision's --train-crop-size / --val-resize-size / --val-crop-size."""
+    config.input.image_size = train_crop
+    config.input.eval_resize = eval_resize
+    config.input.eval_crop = eval_crop
+
+
+def shrink_for_smoke(
+    config: ml_collections.ConfigDict,
+    args: RecipeArgs,
+    *,
+    image_size: int,
+    model_kwargs: dict[str, Any] | None = None,
+) -> None:
+    """Shrinks a recipe to a CPU-sized run (see the module docstring); no-op unless `smoke`."""
+    if not args.smoke:
+        return
+    for key, value in (model_kwargs or {}).items():
+        config.model.kwargs[key] = value
+    config.model.dtype = "float32"  # XLA:CPU runs bf16 convolutions far slower than fp32
+    set_sizes(config, train_crop=image_size, eval_resize=image_size, eval_crop=image_size)
+    config.data.eval_split = f"{config.data.eval_split}[:{SMOKE_EVAL_EXAMPLES}]"
+    config.input.global_batch_size = 8
+    config.input.eval_batch_size = 16
+    config.input.num_workers = 0
+    config.schedule.num_steps = 2
+    config.checkpoint.every_steps = 1000  # and at the end of training
+    config.logging.every_steps = 1
+
+
+def torchvision_default_recipe(config: ml_collections.ConfigDict, *, lr: float) -> None:
+    """`references/classification/train.py` with its defaults (8 GPUs x 32 images): SGD momentum
+    0.9, `lr` per 256 images, weight decay 1e-4 on every parameter, StepLR(30, 0.1), 90 epochs,
+    RandomResizedCrop 224 + flip, eval resize 256 / crop 224, no smoothing, mixing or EMA."""
+    set_sizes(config, train_crop=224, eval_resize=256, eval_crop=224)
+    config.input.global_batch_size = 256
+    config.optim.name = "sgd"
+    config.optim.lr = lr
+    config.optim.lr_reference_batch = 256
+    config.optim.momentum = 0.9
+    config.optim.weight_decay = 1e-4
+    config.schedule.name = "step"
+    config.schedule.step_size = 30
+    config.schedule.gamma = 0.1
+    config.schedule.epochs = 90
+
+
+def modern_recipe(
+    config: ml_collections.ConfigDict,
+    *,
+    auto_augment: str,
+    random_erase: float,
+    label_smoothing: float = 0.1,
+) -> None:
+    """What torchvision's newer recipes (EfficientNetV2, ViT, ConvNeXt) share: an auto-augment
+    policy, random erasing, label smoothing, mixup 0.2 / cutmix 1.0, EMA (--model-ema: decay
+    0.99998 per image-step, every 32 steps), cosine annealing after linear warmup."""
+    config.input.auto_augment = auto_augment
+    config.input.random_erase = random_erase
+    config.input.mixup_alpha = 0.2
+    config.input.cutmix_alpha = 1.0
+    config.optim.label_smoothing = label_smoothing
+    config.optim.ema_decay = 0.99998
+    config.optim.ema_steps = 32
+    config.schedule.name = "cosine"
+    config.schedule.warmup_method = "linear"

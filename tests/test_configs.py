@@ -1,0 +1,108 @@
+"""Recipe configs: every file loads with every argument, builds its model (abstractly, at full
+size), and every paper model's `:smoke` config trains and evaluates for real on CPU."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from imagenot_jax import train
+from imagenot_jax.models import list_models
+from tests.conftest import REPO
+
+CONFIG_DIR = REPO / "configs"
+# The ImageNot study's nine architectures, plus the ResNet-50 anchor.
+PAPER_MODELS = [
+    "alexnet",
+    "vgg19",
+    "inception_v3",
+    "resnet152",
+    "densenet161",
+    "mobilenet_v3_large",
+    "efficientnet_v2_l",
+    "vit_b_16",
+    "convnext_large",
+]
+RECIPES = [*PAPER_MODELS, "resnet50"]
+
+
+def load_config(name: str, arg: str | None = None):
+    """configs/<name>.py's get_config(arg), imported as config_flags does (by path)."""
+    path = CONFIG_DIR / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def test_every_paper_model_has_a_recipe():
+    assert sorted(p.stem for p in CONFIG_DIR.glob("*.py")) == sorted([*RECIPES, "demo"])
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_config_loads_with_every_argument(name):
+    for arg in (None, "dataset=imagenot", "dataset=imagenet", "smoke", "dataset=imagenet,smoke"):
+        config = load_config(name, arg)
+        assert config.model.name == name in list_models()
+        assert list(config) == [
+            "checkpoint", "data", "eval", "input", "logging", "mesh", "model", "optim",
+            "schedule", "seed",
+        ]  # fmt: skip
+    assert load_config(name, "dataset=imagenet").data.name == "imagenet2012"
+    assert load_config(name).data.name == "imagenot/256"
+    assert load_config(name, "smoke").data.name == "fashion_mnist_local/all"
+    full, smoke = load_config(name), load_config(name, "smoke")
+    assert smoke.input.global_batch_size < full.input.global_batch_size
+    assert smoke.input.image_size <= full.input.image_size
+    # The recipe itself survives shrinking.
+    assert (smoke.optim.name, smoke.optim.lr, smoke.schedule.name) == (
+        full.optim.name,
+        full.optim.lr,
+        full.schedule.name,
+    )
+
+
+def test_bad_config_argument_is_one_line_error():
+    with pytest.raises(ValueError, match="dataset=cifar") as err:
+        load_config("resnet50", "dataset=cifar")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="smok"):
+        load_config("resnet50", "smok")
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_full_size_model_builds_abstractly(name):
+    config = load_config(name)
+    config.model.num_classes = 1000
+    model = nnx.eval_shape(lambda: train.build_model(config, 1000))
+    graphdef, state = nnx.split(model)
+    size = config.input.image_size
+    x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.bfloat16)
+
+    def forward(state, x):
+        model = nnx.merge(graphdef, state)
+        model.train()
+        return model(x)
+
+    out = jax.eval_shape(forward, state, x)
+    for logits in out if isinstance(out, tuple) else (out,):
+        assert logits.shape == (2, 1000)
+        assert logits.dtype == jnp.bfloat16
+    assert config.input.eval_crop <= config.input.eval_resize
+
+
+@pytest.mark.parametrize("name", PAPER_MODELS)
+def test_smoke_config_trains_and_evaluates(name, fake_fashion_mnist, tmp_path):
+    config = load_config(name, "smoke")
+    assert config.data.eval_split == "test[:64]"
+    config.data.data_dir = str(fake_fashion_mnist)
+    config.data.eval_split = "test[:16]"  # the fake split has 21 examples
+    config.schedule.num_steps = 1
+    metrics = train.train_and_evaluate(config, str(tmp_path))
+    assert metrics["val_n"] == 16
+    assert jnp.isfinite(metrics["val_loss"])
+    assert (tmp_path / "checkpoints" / "1").is_dir()
