@@ -8,6 +8,9 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 INSTALL := $(PIP) install -c constraints.txt
 TFDS_DATA_DIR ?= $(CURDIR)/.data/tensorflow_datasets
 export TFDS_DATA_DIR
+# pytest-xdist workers: XLA compiles on one core per program, so 2 workers halve the suite's
+# time on 2 cores. Each holds a few GB at peak (model-zoo parity tests): mind memory if raised.
+TEST_WORKERS ?= 2
 
 # Debian packages of the embedded default data: file that proves it is installed -> package.
 DEBIAN_PACKAGES := /usr/share/wordnet/data.noun:wordnet-base \
@@ -20,10 +23,10 @@ demo: $(VENV)/.core system-deps
 		--workdir "$(CURDIR)/.data/demo"
 
 test: $(VENV)/.test system-deps
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS)
 
 test-slow: $(VENV)/.test system-deps
-	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]  # 5: no test is marked slow yet
+	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) || [ $$? -eq 5 ]  # 5: none marked slow
 
 lint: $(VENV)/.core
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

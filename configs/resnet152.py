@@ -17,5 +17,10 @@ from imagenot_jax import recipes
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config, args = recipes.recipe_config("resnet152", arg)
     recipes.torchvision_default_recipe(config, lr=0.1)
-    recipes.shrink_for_smoke(config, args, image_size=32, model_kwargs={"widths": (8, 16, 32, 64)})
+    recipes.shrink_for_smoke(
+        config,
+        args,
+        image_size=32,
+        model_kwargs={"widths": (8, 16, 32, 64), "depths": (1, 1, 1, 1)},
+    )
     return config

@@ -17,6 +17,6 @@ from imagenot_jax import recipes
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config, args = recipes.recipe_config("vgg19", arg)
     recipes.torchvision_default_recipe(config, lr=0.01)
-    # No width argument in torchvision's VGG: smoke keeps the net, at its smallest input.
-    recipes.shrink_for_smoke(config, args, image_size=32)
+    smoke_model = {"width_mult": 0.125, "hidden_features": 64}  # all 19 layers, narrow
+    recipes.shrink_for_smoke(config, args, image_size=32, model_kwargs=smoke_model)
     return config

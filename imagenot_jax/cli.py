@@ -10,7 +10,7 @@ from absl import logging
 
 # Bad configs and missing data are the user's to fix: one line and exit code 2 (run with
 # --verbosity=1 for the traceback). Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError)
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError)
 
 
 def run_user_command(fn: Callable, *args, **kwargs):

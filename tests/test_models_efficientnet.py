@@ -47,13 +47,6 @@ def test_registered():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_param_count_equals_torchvision(name):
-    ours = model_parity.num_params(_abstract(name))
-    assert ours == TORCHVISION_PARAMS[name]
-    assert model_parity.torchvision_param_count(name) == ours
-
-
-@pytest.mark.parametrize("name", NAMES)
 def test_stochastic_depth_probabilities_and_dropout_as_torchvision(name):
     """p = 0.2 * block_id / total_blocks per block (torchvision's formula), default dropout."""
     torch = pytest.importorskip("torch")

@@ -32,11 +32,6 @@ def test_registered():
     assert "inception_v3" in list_models()
 
 
-def test_param_count():
-    assert model_parity.param_count("inception_v3") == TORCHVISION_PARAMS
-    assert model_parity.torchvision_param_count("inception_v3") == TORCHVISION_PARAMS
-
-
 def test_without_aux_logits():
     """aux_logits=False builds no AuxLogits (torchvision's count) and train mode returns logits."""
     torch = pytest.importorskip("torch")

@@ -42,9 +42,9 @@ def _build(name: str, **kwargs) -> nnx.Module:
 
 
 def test_make_divisible_matches_torchvision_rule():
-    assert mnv3._make_divisible(72 // 4, 8) == 24  # 18 -> 16 would lose > 10%
-    assert mnv3._make_divisible(240 // 4, 8) == 64
-    assert mnv3._make_divisible(3, 8) == 8
+    assert mnv3.make_divisible(72 // 4, 8) == 24  # 18 -> 16 would lose > 10%
+    assert mnv3.make_divisible(240 // 4, 8) == 64
+    assert mnv3.make_divisible(3, 8) == 8
 
 
 def test_init_matches_torchvision_scheme():

@@ -27,7 +27,6 @@ import model_parity
 
 # torchvision parameter counts at 224 px and 1000 classes (its weights' meta "num_params").
 TORCHVISION_PARAMS = {"vit_b_16": 86_567_656, "vit_b_32": 88_224_232, "vit_l_16": 304_326_632}
-EXTRA_NAMES = ("vit_l_32", "vit_h_14")  # registered too; counted against torchvision
 
 # A small VisionTransformer that both libraries build from the class itself. All real (eager)
 # inits use these shapes, so the per-op compiles of the initialisers are shared between tests.
@@ -48,18 +47,7 @@ def _tiny(**kwargs) -> vit.VisionTransformer:
 
 
 def test_registered():
-    assert {*TORCHVISION_PARAMS, *EXTRA_NAMES} <= set(list_models())
-
-
-@pytest.mark.parametrize("name", sorted(TORCHVISION_PARAMS))
-def test_param_count(name):
-    assert model_parity.param_count(name) == TORCHVISION_PARAMS[name]
-    assert model_parity.torchvision_param_count(name) == TORCHVISION_PARAMS[name]
-
-
-@pytest.mark.parametrize("name", EXTRA_NAMES)
-def test_param_count_extra_variants(name):
-    assert model_parity.param_count(name) == model_parity.torchvision_param_count(name)
+    assert set(TORCHVISION_PARAMS) <= set(list_models())
 
 
 def _torchvision_vit(name_or_none: str | None, **kwargs):

@@ -14,9 +14,11 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from flax import nnx
 
 from configs import demo
 from imagenot_jax import evaluate, sharding, train
@@ -216,3 +218,33 @@ def test_user_errors_exit_2_with_one_line(tmp_path, data_dir):
     assert result.stderr.strip().splitlines()[-1] == (
         "error: input.global_batch_size=12 is not divisible by the 8 devices of the mesh"
     )
+
+
+# --- auxiliary heads -----------------------------------------------------------------------
+
+
+class _TwoHeads(nnx.Module):
+    """(logits, aux_logits) in train mode, like Inception-v3; logits alone in eval mode."""
+
+    def __init__(self):
+        rngs = nnx.Rngs(0)
+        self.head = nnx.Linear(3, 4, rngs=rngs)
+        self.aux = nnx.Linear(3, 4, rngs=rngs)
+        self.training = True
+
+    def __call__(self, x):
+        return (self.head(x), self.aux(x)) if self.training else self.head(x)
+
+
+def test_aux_logits_add_their_weighted_loss_and_train_the_aux_head():
+    model = _TwoHeads()
+    graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+    x = jax.random.normal(jax.random.key(0), (5, 3))
+    targets = train.soft_targets(jnp.array([0, 1, 2, 3, 0]), 4, 0.1)
+    grad_fn = train._forward_loss(graphdef, aux_loss_weight=0.4)
+    (loss, (logits, _, _)), grads = grad_fn(params, batch_stats, rest, x, targets)
+    main = jnp.mean(train.cross_entropy(model.head(x), targets))
+    aux = jnp.mean(train.cross_entropy(model.aux(x), targets))
+    np.testing.assert_allclose(loss, main + 0.4 * aux, rtol=1e-6)
+    np.testing.assert_allclose(logits, model.head(x), rtol=1e-6)  # metrics use the main head
+    assert float(jnp.abs(grads["aux"]["kernel"][...]).max()) > 0

@@ -70,8 +70,9 @@ def read_torch_state_dict(path: str) -> dict[str, Any]:
         try:
             loaded = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several types for a bad file
+            detail = next(iter(str(err).strip().splitlines()), "")  # torch's run for pages
             raise ValueError(
-                f"{path}: not a torch state_dict ({type(err).__name__}: {err})"
+                f"{path}: not a torch state_dict ({type(err).__name__}: {detail})"
             ) from None
     for key in ("model", "state_dict"):  # training checkpoints of torchvision's references
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imagenot_jax.models.layers import BatchNorm, torch_conv
+from imagenot_jax.models.layers import BatchNorm, make_divisible, torch_conv
 from imagenot_jax.models.registry import register_model
 from imagenot_jax.models.torch_nn import (
     Activation,
@@ -25,16 +25,6 @@ from imagenot_jax.models.torch_nn import (
     Sequential,
     StochasticDepth,
 )
-
-
-def _make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:
-    """torchvision's channel rounding: nearest multiple of `divisor`, never down by over 10%."""
-    if min_value is None:
-        min_value = divisor
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < 0.9 * v:
-        new_v += divisor
-    return new_v
 
 
 @dataclass(frozen=True)
@@ -54,7 +44,7 @@ class MBConvConfig:
     num_layers: int
 
     def expanded_channels(self) -> int:
-        return _make_divisible(self.input_channels * self.expand_ratio, 8)
+        return make_divisible(self.input_channels * self.expand_ratio, 8)
 
 
 # torchvision's `_efficientnet_conf` for the V2 archs: stage table (fused?, expand_ratio, kernel,
@@ -293,7 +283,7 @@ def _efficientnet_conf(
     """torchvision's V2 stage table, default dropout and last_channel for `arch`.
 
     width_mult/depth_mult (our addition, 1.0 = torchvision's net) shrink the net for smoke runs
-    the way torchvision scales V1: channels rounded by `_make_divisible(c * width_mult, 8)`,
+    the way torchvision scales V1: channels rounded by `make_divisible(c * width_mult, 8)`,
     layers `ceil(n * depth_mult)`; last_channel is scaled like the channels.
     """
     setting, dropout = _V2_CONFS[arch]
@@ -301,13 +291,13 @@ def _efficientnet_conf(
         setting = [
             dataclasses.replace(
                 cnf,
-                input_channels=_make_divisible(cnf.input_channels * width_mult, 8),
-                out_channels=_make_divisible(cnf.out_channels * width_mult, 8),
+                input_channels=make_divisible(cnf.input_channels * width_mult, 8),
+                out_channels=make_divisible(cnf.out_channels * width_mult, 8),
                 num_layers=math.ceil(cnf.num_layers * depth_mult),
             )
             for cnf in setting
         ]
-    return setting, dropout, _make_divisible(_V2_LAST_CHANNEL * width_mult, 8)
+    return setting, dropout, make_divisible(_V2_LAST_CHANNEL * width_mult, 8)
 
 
 def _build(arch: str, kwargs: dict[str, Any]) -> EfficientNet:

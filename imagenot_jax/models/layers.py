@@ -23,6 +23,17 @@ conv_kernel_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 linear_kernel_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
 
+def make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:
+    """torchvision's channel rounding (MobileNet, EfficientNet): the nearest multiple of
+    `divisor`, at least `min_value`, never rounded down by more than 10%."""
+    if min_value is None:
+        min_value = divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
 def torch_linear(
     in_features: int,
     out_features: int,

@@ -1,6 +1,6 @@
 """MobileNetV3 (large, small) in Flax NNX, following torchvision/models/mobilenetv3.py (NHWC).
 
-Same config tables, channel rounding (`_make_divisible`), modules, parameter shapes,
+Same config tables, channel rounding (`make_divisible`), modules, parameter shapes,
 initialisation and eval-mode function as torchvision's, so its state_dicts load one-to-one with
 `torch_weights.load_torchvision`: torch's nn.Sequential containers are nnx.Lists indexed the
 same way (`features.1.block.0.0.weight` is `model.features[1].block[0][0].kernel`), and the
@@ -17,19 +17,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from imagenot_jax.models.layers import BatchNorm, torch_conv
+from imagenot_jax.models.layers import BatchNorm, make_divisible, torch_conv
 from imagenot_jax.models.registry import register_model
 from imagenot_jax.models.torch_nn import Activation, Sequential
-
-
-def _make_divisible(v: float, divisor: int, min_value: int | None = None) -> int:
-    """torchvision's channel rounding: nearest multiple of `divisor`, never down by over 10%."""
-    if min_value is None:
-        min_value = divisor
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < 0.9 * v:
-        new_v += divisor
-    return new_v
 
 
 @dataclass(frozen=True)
@@ -59,7 +49,7 @@ class InvertedResidualConfig:
         width_mult: float,
     ) -> InvertedResidualConfig:
         def adjust(channels: int) -> int:
-            return _make_divisible(channels * width_mult, 8)
+            return make_divisible(channels * width_mult, 8)
 
         return cls(
             adjust(input_channels),
@@ -138,7 +128,7 @@ class InvertedResidual(nnx.Module):
             )
         )
         if cnf.use_se:
-            squeeze_channels = _make_divisible(cnf.expanded_channels // 4, 8)
+            squeeze_channels = make_divisible(cnf.expanded_channels // 4, 8)
             layers.append(SqueezeExcitation(cnf.expanded_channels, squeeze_channels, **kw))
         layers.append(conv_norm_activation(cnf.expanded_channels, cnf.out_channels, 1, None, **kw))
         self.block = Sequential(layers)
@@ -232,7 +222,7 @@ def _mobilenet_v3_conf(
             b(160 // rd, 5, 960 // rd, 160 // rd, True, "HS", 1, d),
             b(160 // rd, 5, 960 // rd, 160 // rd, True, "HS", 1, d),
         ]
-        last_channel = _make_divisible(1280 // rd * width_mult, 8)  # C5
+        last_channel = make_divisible(1280 // rd * width_mult, 8)  # C5
     elif arch == "mobilenet_v3_small":
         setting = [
             b(16, 3, 16, 16, True, "RE", 2, 1),  # C1
@@ -247,7 +237,7 @@ def _mobilenet_v3_conf(
             b(96 // rd, 5, 576 // rd, 96 // rd, True, "HS", 1, d),
             b(96 // rd, 5, 576 // rd, 96 // rd, True, "HS", 1, d),
         ]
-        last_channel = _make_divisible(1024 // rd * width_mult, 8)  # C5
+        last_channel = make_divisible(1024 // rd * width_mult, 8)  # C5
     else:
         raise ValueError(f"unsupported MobileNetV3 arch {arch!r}")
     return setting, last_channel

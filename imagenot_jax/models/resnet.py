@@ -178,37 +178,44 @@ class ResNet(nnx.Module):
         return self.fc(x)
 
 
+def _resnet(
+    block: type[BasicBlock] | type[Bottleneck], depths: tuple[int, ...], kwargs: dict
+) -> ResNet:
+    """A variant, whose stage `depths` kwargs may override (shallower nets for smoke runs)."""
+    return ResNet(block, kwargs.pop("depths", depths), **kwargs)
+
+
 # --- registered variants (torchvision's names and definitions) ----------------------------
 
 
 @register_model
 def resnet18(**kwargs: Any) -> ResNet:
     """ResNet-18 (torchvision: 11,689,512 parameters at 1000 classes)."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), **kwargs)
+    return _resnet(BasicBlock, (2, 2, 2, 2), kwargs)
 
 
 @register_model
 def resnet34(**kwargs: Any) -> ResNet:
     """ResNet-34 (torchvision: 21,797,672 parameters at 1000 classes)."""
-    return ResNet(BasicBlock, (3, 4, 6, 3), **kwargs)
+    return _resnet(BasicBlock, (3, 4, 6, 3), kwargs)
 
 
 @register_model
 def resnet50(**kwargs: Any) -> ResNet:
     """ResNet-50 v1.5 (torchvision: 25,557,032 parameters at 1000 classes)."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), **kwargs)
+    return _resnet(Bottleneck, (3, 4, 6, 3), kwargs)
 
 
 @register_model
 def resnet101(**kwargs: Any) -> ResNet:
     """ResNet-101 v1.5 (torchvision: 44,549,160 parameters at 1000 classes)."""
-    return ResNet(Bottleneck, (3, 4, 23, 3), **kwargs)
+    return _resnet(Bottleneck, (3, 4, 23, 3), kwargs)
 
 
 @register_model
 def resnet152(**kwargs: Any) -> ResNet:
     """ResNet-152 v1.5 (torchvision: 60,192,808 parameters at 1000 classes)."""
-    return ResNet(Bottleneck, (3, 8, 36, 3), **kwargs)
+    return _resnet(Bottleneck, (3, 8, 36, 3), kwargs)
 
 
 @register_model
@@ -220,4 +227,4 @@ def resnet_mini(**kwargs: Any) -> ResNet:
     Fashion-MNIST test top-1 after 5 epochs). Not a torchvision model.
     """
     kwargs = {"widths": (8, 16, 32), "small_input": True, **kwargs}
-    return ResNet(BasicBlock, (1, 1, 1), **kwargs)
+    return _resnet(BasicBlock, (1, 1, 1), kwargs)

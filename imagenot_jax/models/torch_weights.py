@@ -96,4 +96,3 @@ def load_torchvision(model: nnx.Module, state_dict: Mapping[str, Any]) -> None:
     """
     adapt = getattr(type(model), "adapt_torch_state_dict", None)
     load_torch_state_dict(model, adapt(state_dict) if adapt is not None else state_dict)
-

@@ -78,7 +78,9 @@ class VGG(nnx.Module):
     """torchvision.models.VGG: `features` from a cfg, AdaptiveAvgPool2d((7, 7)), 3-layer MLP head.
 
     Input: float NHWC batch (>= 32 px); output: logits (batch, num_classes) in `dtype`.
-    Dropout is active after model.train() and off after model.eval().
+    Dropout is active after model.train() and off after model.eval(). `width_mult` (conv
+    channels) and `hidden_features` (classifier width) are ours, for smoke-sized nets; their
+    defaults give torchvision's VGG.
     """
 
     def __init__(
@@ -88,23 +90,27 @@ class VGG(nnx.Module):
         batch_norm: bool = False,
         num_classes: int = 1000,
         dropout: float = 0.5,
+        width_mult: float = 1.0,
+        hidden_features: int = 4096,
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.dtype = dtype
+        cfg = [v if v == "M" else max(1, round(int(v) * width_mult)) for v in cfg]
         self.features = make_layers(cfg, batch_norm, **kw)
         self.avgpool = AdaptiveAvgPool2d((7, 7))
+        channels, hidden = int([v for v in cfg if v != "M"][-1]), hidden_features
         self.classifier = Sequential(
             [
-                _vgg_linear(512 * 7 * 7, 4096, **kw),  # 0
+                _vgg_linear(channels * 7 * 7, hidden, **kw),  # 0
                 ReLU(),
                 nnx.Dropout(dropout, deterministic=None, rngs=rngs),
-                _vgg_linear(4096, 4096, **kw),  # 3
+                _vgg_linear(hidden, hidden, **kw),  # 3
                 ReLU(),
                 nnx.Dropout(dropout, deterministic=None, rngs=rngs),
-                _vgg_linear(4096, num_classes, **kw),  # 6
+                _vgg_linear(hidden, num_classes, **kw),  # 6
             ]
         )
 

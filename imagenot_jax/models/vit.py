@@ -348,15 +348,3 @@ def vit_b_32(**kwargs: Any) -> VisionTransformer:
 def vit_l_16(**kwargs: Any) -> VisionTransformer:
     """ViT-L/16 (torchvision: 304,326,632 parameters at 224 px and 1000 classes)."""
     return _vision_transformer(16, 24, 16, 1024, 4096, kwargs)
-
-
-@register_model
-def vit_l_32(**kwargs: Any) -> VisionTransformer:
-    """ViT-L/32 (torchvision: 306,535,400 parameters at 224 px and 1000 classes)."""
-    return _vision_transformer(32, 24, 16, 1024, 4096, kwargs)
-
-
-@register_model
-def vit_h_14(**kwargs: Any) -> VisionTransformer:
-    """ViT-H/14 at torchvision's builder default of 224 px (its SWAG weights are at 518 px)."""
-    return _vision_transformer(14, 32, 16, 1280, 5120, kwargs)
