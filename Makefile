@@ -16,16 +16,17 @@ TEST_WORKERS ?= 2
 DEBIAN_PACKAGES := /usr/share/wordnet/data.noun:wordnet-base \
 	/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz:dataset-fashion-mnist
 
-.PHONY: demo test test-slow lint bench system-deps clean
+.PHONY: demo test test-slow lint bench system-deps test-system-deps clean
 
 demo: $(VENV)/.core system-deps
 	$(PY) -m imagenot_jax.demo --config configs/demo.py --data_dir "$(TFDS_DATA_DIR)" \
-		--workdir "$(CURDIR)/.data/demo"
+		--workdir "$(CURDIR)/.data/demo" \
+		--suite configs/suites/fashion_halves.py --suite_workdir "$(CURDIR)/.data/suite"
 
-test: $(VENV)/.test system-deps
+test: $(VENV)/.test test-system-deps
 	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS)
 
-test-slow: $(VENV)/.test system-deps
+test-slow: $(VENV)/.test test-system-deps
 	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) || [ $$? -eq 5 ]  # 5: none marked slow
 
 lint: $(VENV)/.core
@@ -52,9 +53,11 @@ $(VENV)/.test: pyproject.toml constraints.txt $(VENV)/.core
 	$(INSTALL) -e '.[train,data,dev,curation]'
 	@touch $@
 
-system-deps:
+# Installs the Debian packages of a list (file that proves it is installed:package) when root,
+# else stops with the command to run.
+define debian_packages
 	@missing=""; \
-	for entry in $(DEBIAN_PACKAGES); do \
+	for entry in $(1); do \
 		[ -e "$${entry%%:*}" ] || missing="$$missing $${entry##*:}"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -66,6 +69,14 @@ system-deps:
 			exit 2; \
 		fi; \
 	fi
+endef
+
+system-deps:
+	$(call debian_packages,$(DEBIAN_PACKAGES))
+
+# The tests also open the HTML ranking report in a headless Chromium.
+test-system-deps:
+	$(call debian_packages,$(DEBIAN_PACKAGES) /usr/bin/chromium:chromium)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .ruff_cache *.egg-info

@@ -17,6 +17,6 @@ from imagenot_jax import recipes
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config, args = recipes.recipe_config("alexnet", arg)
     recipes.torchvision_default_recipe(config, lr=0.01)
-    # No width argument in torchvision's AlexNet: smoke keeps the net, at its smallest input.
-    recipes.shrink_for_smoke(config, args, image_size=63)
+    smoke_model = {"width_mult": 0.25, "hidden_features": 256}
+    recipes.shrink_for_smoke(config, args, image_size=63, model_kwargs=smoke_model)
     return config

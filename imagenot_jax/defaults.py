@@ -38,12 +38,17 @@ def base_config() -> ml_collections.ConfigDict:
     # Weight of an auxiliary head's loss (Inception-v3 in train mode; 0.4 as in its paper and
     # torchvision's port); ignored by models without one.
     config.model.aux_loss_weight = 0.4
+    # Transfer learning (imagenot_jax/transfer.py): a pretrained training workdir ("DIR", its
+    # latest checkpoint, or "DIR:STEP") whose weights, all but the classifier head, start the run.
+    config.model.init = config_dict.placeholder(str)
 
     # optim (+ loss and EMA, which torchvision's recipes set beside the optimizer)
     config.optim = optim.default_optim_config()
     config.optim.label_smoothing = 0.0
     config.optim.ema_decay = config_dict.placeholder(float)  # torchvision --model-ema-decay
     config.optim.ema_steps = 32  # torchvision --model-ema-steps
+    # "all": every parameter trains; "head": linear probe (the rest frozen, backbone in eval mode)
+    config.optim.trainable = "all"
 
     # schedule
     config.schedule = optim.default_schedule_config()

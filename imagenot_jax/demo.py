@@ -1,10 +1,13 @@
-"""`make demo`: build the embedded default data, train on it, evaluate the final checkpoint.
+"""`make demo`: build the embedded default data, train on it, evaluate the final checkpoint,
+then run the ImageNot experiment in miniature (configs/suites/fashion_halves.py: seven
+architectures on two disjoint-class halves of Fashion-MNIST, ranked against each other).
 
     python -m imagenot_jax.demo --config configs/demo.py --workdir .data/demo \
+        [--suite configs/suites/fashion_halves.py --suite_workdir .data/suite | --norun_suite] \
         [--data_dir DIR] [--config.schedule.epochs=2 ...]
 
-Idempotent: the dataset is built once, and a finished workdir is not trained again (an
-interrupted one resumes). Later stages (ranking) extend this demo.
+Idempotent: the datasets are built once, and finished workdirs are not trained again
+(interrupted ones resume).
 """
 
 from __future__ import annotations
@@ -14,34 +17,23 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from imagenot_jax import evaluate, input_pipeline, train
+from imagenot_jax import evaluate, input_pipeline, suite, train
 from imagenot_jax.cli import quiet_library_logs, run_user_command
+from imagenot_jax.datasets import prepare_dataset
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.")
 _WORKDIR = flags.DEFINE_string("workdir", ".data/demo", "Training workdir.")
+_SUITE = config_flags.DEFINE_config_file(
+    "suite", "configs/suites/fashion_halves.py", "Suite run after the single-model demo."
+)
+_SUITE_WORKDIR = flags.DEFINE_string("suite_workdir", ".data/suite", "The suite's directory.")
+_RUN_SUITE = flags.DEFINE_boolean("run_suite", True, "Run the suite after the demo.")
 _DATA_DIR = flags.DEFINE_string(
     "data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)."
 )
 _MANUAL_DIR = flags.DEFINE_string(
     "manual_dir", None, "Source files for the builder (default: the builder's own default)."
 )
-
-
-def prepare_dataset(name: str, data_dir: str, manual_dir: str | None = None) -> dict[str, int]:
-    """Builds the project's TFDS dataset `name` as ArrayRecord unless already built."""
-    import tensorflow_datasets as tfds
-
-    import tfds_imagenot.fashion_mnist_local  # noqa: F401  (registers the builder)
-
-    builder = tfds.builder(name, data_dir=data_dir)
-    start = time.perf_counter()
-    builder.download_and_prepare(
-        file_format="array_record",
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
-    )
-    sizes = {split: info.num_examples for split, info in builder.info.splits.items()}
-    print(f"dataset {name}: {sizes} in {builder.data_dir} ({time.perf_counter() - start:.1f} s)")
-    return sizes
 
 
 def print_result(result: dict, train_seconds: float) -> None:
@@ -75,6 +67,10 @@ def main(argv: list[str]) -> None:
     data_dir = _DATA_DIR.value or input_pipeline.default_data_dir()
     quiet_library_logs()
     run_user_command(run, _CONFIG.value, _WORKDIR.value, data_dir, _MANUAL_DIR.value)
+    if _RUN_SUITE.value:
+        start = time.perf_counter()
+        run_user_command(suite.run_suite, _SUITE.value, _SUITE_WORKDIR.value, data_dir)
+        print(f"suite: {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -2,27 +2,43 @@
 
     python -m imagenot_jax.evaluate --workdir DIR [--step S] [--dataset NAME[/CONFIG]]
         [--split SPLIT] [--data_dir D] [--batch_size B] [--noema]
+        [--class_map identity|wnid|FILE] [--real|--noreal] [--save_logits]
 
-Writes DIR/eval/<dataset>-<split>-<step>.json (top-1, top-5, loss, n, per-class recall, mean
-per-class recall, a Clopper-Pearson 95% interval on top-1, step, model, dataset name/version)
-and, beside it, <...>.examples.npz with per-example key, label, top-5 and correctness: what the
-ranking stage bootstraps over. Every example is counted exactly once across devices/processes.
+Writes DIR/eval/<dataset>-<split>-<step>.json (top-1, top-5, loss, n, per-class recall, the
+equal-weighted accuracy `mean_per_class_recall` (LAIONet's metric: the mean over the classes
+present of each class's recall, so frequent classes do not dominate), a Clopper-Pearson 95%
+interval on top-1, step, model, dataset name/version) and, beside it, <...>.examples.npz with
+per-example key, label, top-5 and correctness: what the ranking stage bootstraps over. Every
+example is counted exactly once across devices/processes.
+
+Views (see eval_views.py): `--class_map` restricts the model to the classes a dataset's labels
+map to (the JSON records the map; the file name gets `-classmap_<name>`; `unrestricted_top1/5`
+keep the plain argmax); datasets with a `real_label` feature (TFDS imagenet2012_real) add ReaL
+multi-label accuracy (`real_top1` over `real_n` images, `real_excluded` with no label).
+ImageNetV2 (`--dataset imagenet_v2/matched-frequency --split test`) shares ImageNet's label space
+and needs nothing more.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Callable
 from typing import Any
 
+import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags
 from etils import epath
+from flax import nnx
 from scipy import stats
 
-from imagenot_jax import checkpoint, input_pipeline, sharding, train
+from imagenot_jax import checkpoint, eval_views, input_pipeline, sharding, train
 from imagenot_jax.cli import quiet_library_logs, run_user_command
+from imagenot_jax.eval_views import ClassMap
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -52,6 +68,8 @@ def per_class_recall(labels: np.ndarray, top1: np.ndarray, num_classes: int) -> 
 
 
 def metrics_from_predictions(predictions: dict[str, np.ndarray], num_classes: int) -> dict:
+    """Top-1/5, loss, the top-1 interval and the equal-weighted accuracy (mean per-class recall
+    over the classes present in the split)."""
     summary = train.summarize(predictions)
     labels, top1 = predictions["label"], predictions["top5"][:, 0]
     recall = per_class_recall(labels, top1, num_classes)
@@ -66,11 +84,117 @@ def metrics_from_predictions(predictions: dict[str, np.ndarray], num_classes: in
     }
 
 
-def _keys(config: ml_collections.ConfigDict, split: str, indices: np.ndarray) -> np.ndarray:
-    source = input_pipeline.open_source(config.data.name, split, config.data.get("data_dir"))
-    if "key" not in source.dataset_info.features:
-        return np.array([f"{split}:{i}" for i in indices])
-    return np.array([bytes(source[int(i)]["key"]).decode() for i in indices])
+# ---------------------------------------------------------------------------------------------
+# Predictions.
+# ---------------------------------------------------------------------------------------------
+
+
+def make_view_eval_step(
+    setup: train.Setup, class_map: ClassMap | None, keep_logits: bool = False
+) -> Callable:
+    """train.make_eval_step's outputs, with the labels mapped and the top-5 and loss taken over
+    the class map's classes only (plus the unrestricted top-5 and, optionally, the logits)."""
+    config = setup.config
+    dtype = jnp.dtype(config.model.dtype)
+    num_x = config.model.num_classes
+    restricted = class_map is not None
+    y_to_x = class_map.y_to_x if restricted else np.arange(num_x, dtype=np.int32)
+    classes = class_map.classes if restricted else np.arange(num_x, dtype=np.int32)
+    x_to_position = np.full(num_x, -1, np.int32)  # X class -> its column among `classes`
+    x_to_position[classes] = np.arange(len(classes))
+
+    def step(params, batch_stats, rest, batch):
+        model = nnx.merge(setup.model_def.eval, params, batch_stats, rest, copy=True)
+        logits = model(train.normalize(batch["image"], config.input, dtype)).astype(jnp.float32)
+        y = batch["label"]
+        known = (y >= 0) & (y < len(y_to_x))
+        label = jnp.where(known, jnp.asarray(y_to_x)[jnp.clip(y, 0, len(y_to_x) - 1)], -1)
+        scored = logits[:, classes] if restricted else logits
+        position = jnp.where(label >= 0, jnp.asarray(x_to_position)[jnp.maximum(label, 0)], -1)
+        top = jax.lax.top_k(scored, min(5, len(classes)))[1]
+        out = {
+            "loss": train.cross_entropy(scored, jax.nn.one_hot(position, len(classes))),
+            "top5": (jnp.asarray(classes)[top] if restricted else top).astype(jnp.int32),
+            "label": label.astype(jnp.int32),
+            "index": batch["index"],
+            "mask": batch["mask"],
+        }
+        if restricted:
+            out["y_label"] = y
+            out["top5_unrestricted"] = jax.lax.top_k(logits, min(5, num_x))[1].astype(jnp.int32)
+        if keep_logits:
+            out["logits"] = logits
+        return out
+
+    return jax.jit(step, out_shardings=sharding.replicated(setup.mesh))
+
+
+def _eval_batches(config: ml_collections.ConfigDict, source: Any) -> grain.IterDataset:
+    """input_pipeline.make_eval_dataset over a given (possibly relabeled) source."""
+    shard = input_pipeline.ProcessShard.from_jax()
+    batch = input_pipeline.per_process_batch_size(config.input.eval_batch_size, shard)
+    indices = input_pipeline.eval_indices(len(source), batch, shard)
+    example = functools.partial(input_pipeline._eval_example, source, config.input)
+    ds = grain.MapDataset.source(indices).map(example).batch(batch, drop_remainder=True)
+    return input_pipeline._finish(ds, config.input)
+
+
+def predict(
+    eval_step: Callable, setup: train.Setup, state: Any, source: Any
+) -> dict[str, np.ndarray]:
+    """train.predict_split over a given source: per-example outputs, each example once."""
+    config = setup.config
+    params, batch_stats = train.eval_weights(state)
+    sharding.check_batch_divisible(
+        config.input.eval_batch_size, setup.mesh, "input.eval_batch_size"
+    )
+    outputs: dict[str, list[np.ndarray]] = {}
+    for local in _eval_batches(config, source):
+        result = jax.device_get(
+            eval_step(params, batch_stats, state.rest, sharding.global_batch(local, setup.mesh))
+        )
+        keep = result.pop("mask").astype(bool)
+        for name, value in result.items():
+            outputs.setdefault(name, []).append(value[keep])
+    return {name: np.concatenate(values) for name, values in outputs.items()}
+
+
+def _check_mapped(predictions: dict[str, np.ndarray], class_map: ClassMap | None, num_x: int):
+    bad = predictions["label"] < 0
+    if not bad.any():
+        return
+    if class_map is None:
+        raise ValueError(
+            f"{int(bad.sum())} examples have labels outside the model's {num_x} classes; "
+            "pass --class_map"
+        )
+    labels = np.unique(predictions["y_label"][bad])
+    raise ValueError(
+        f"class map {class_map.source} has no entry for labels {labels[:5].tolist()} "
+        f"({int(bad.sum())} examples)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation.
+# ---------------------------------------------------------------------------------------------
+
+
+def _restore(workdir: str, config: ml_collections.ConfigDict, step: int | None, use_ema: bool):
+    """(setup, state, step) of a checkpoint; the EMA weights dropped unless wanted."""
+    mesh = sharding.make_mesh()
+    # The optimizer's shape does not depend on the epoch length: one step per epoch will do.
+    setup = train.make_setup(config, mesh, num_train_examples=config.input.global_batch_size)
+    checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
+    step = step if step is not None else checkpointer.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
+    abstract = checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
+    state = checkpointer.restore(step, abstract)
+    checkpointer.close()
+    if not (use_ema and state.ema is not None):
+        state = state.replace(ema=None)
+    return setup, state, int(step)
 
 
 def evaluate_checkpoint(
@@ -82,68 +206,155 @@ def evaluate_checkpoint(
     data_dir: str | None = None,
     batch_size: int | None = None,
     use_ema: bool = True,
+    class_map: str | None = None,
+    real: bool | None = None,
+    save_logits: bool = False,
 ) -> tuple[dict[str, Any], epath.Path]:
-    """Evaluates one checkpoint; returns the metrics and the path of the JSON written."""
+    """Evaluates one checkpoint; returns the metrics and the path of the JSON written.
+
+    `class_map` ("identity", "wnid" or a file, see eval_views) restricts the model to the mapped
+    classes; `real` (default: when the dataset has a `real_label` feature) adds ReaL accuracy;
+    `save_logits` keeps every example's logits in the .examples.npz (float32, n x classes)."""
     config = load_run_config(workdir)
     sharding.initialize_distributed(config.mesh)
+    training_data = (config.data.name, config.data.get("data_dir"))
     if dataset:
         config.data.name = dataset
     if data_dir:
         config.data.data_dir = data_dir
     if batch_size:
         config.input.eval_batch_size = batch_size
-    split = split or config.data.eval_split
-    mesh = sharding.make_mesh()
-    # The optimizer's shape does not depend on the epoch length: one step per epoch will do.
-    setup = train.make_setup(config, mesh, num_train_examples=config.input.global_batch_size)
-    checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
-    step = step if step is not None else checkpointer.latest_step()
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
-    abstract = checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
-    state = checkpointer.restore(step, abstract)
-    checkpointer.close()
-    used_ema = use_ema and state.ema is not None
-    if not used_ema:
-        state = state.replace(ema=None)
-    predictions = train.predict_split(train.make_eval_step(setup), setup, state, config, split)
-    builder_info = input_pipeline.open_source(
-        config.data.name, split, config.data.get("data_dir")
-    ).dataset_info
+    data = eval_views.open_eval_data(
+        config.data.name, split or config.data.eval_split, config.data.get("data_dir")
+    )
+    mapping = _class_map(class_map, data, training_data, config)
+    if real and not data.has_real:
+        raise ValueError(
+            f"--real: dataset {data.name!r} has no {eval_views.REAL_FEATURE!r} feature"
+        )
+    use_real = data.has_real if real is None else real
+
+    setup, state, step = _restore(workdir, config, step, use_ema)
+    eval_step = make_view_eval_step(setup, mapping, save_logits)
+    predictions = predict(eval_step, setup, state, data.eval_source)
+    _check_mapped(predictions, mapping, config.model.num_classes)
     result = {
         **metrics_from_predictions(predictions, config.model.num_classes),
-        "step": int(step),
+        "step": step,
         "model": config.model.name,
-        "dataset": config.data.name,
-        "dataset_version": str(builder_info.version),
-        "split": split,
-        "ema": used_ema,
+        "dataset": data.name,
+        "dataset_version": str(data.source.dataset_info.version),
+        "split": data.split,
+        "label_feature": data.label_feature,
+        "ema": state.ema is not None,
         "workdir": str(workdir),
+        "class_map": mapping.describe() if mapping else None,
     }
-    out = epath.Path(workdir) / "eval" / f"{config.data.name.replace('/', '_')}-{split}-{step}"
-    if jax.process_index() == 0:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-        with (out.parent / f"{out.name}.examples.npz").open("wb") as f:
-            np.savez_compressed(
-                f,
-                key=_keys(config, split, predictions["index"]),
-                label=predictions["label"],
-                top5=predictions["top5"],
-                correct=predictions["top5"][:, 0] == predictions["label"],
-            )
-    return result, out.with_suffix(".json")
+    if mapping:
+        unrestricted = train.summarize({**predictions, "top5": predictions["top5_unrestricted"]})
+        result |= {
+            "unrestricted_top1": unrestricted["top1"],
+            "unrestricted_top5": unrestricted["top5"],
+        }
+    writer = jax.process_index() == 0
+    fields = [eval_views.REAL_FEATURE] * use_real
+    fields += [data.key_feature] * (writer and data.key_feature is not None)
+    records = eval_views.read_fields(data.source, predictions["index"], fields)
+    arrays: dict[str, np.ndarray] = {}
+    if use_real:
+        sets = eval_views.map_label_sets(records[eval_views.REAL_FEATURE], mapping)
+        result |= _real_result(predictions["top5"][:, 0], sets, arrays)
+    out = epath.Path(workdir) / "eval" / _result_name(data, step, mapping)
+    if writer:
+        arrays["key"] = eval_views.example_keys(data, records, predictions["index"])
+        _write(out, result, predictions, arrays)
+    return result, out.parent / f"{out.name}.json"
+
+
+def _class_map(
+    spec: str | None,
+    data: eval_views.EvalData,
+    training_data: tuple[str, str | None],
+    config: ml_collections.ConfigDict,
+) -> ClassMap | None:
+    """The requested class map; without one, a check that the labels are the model's classes."""
+    num_x = config.model.num_classes
+    x_names = None
+    if spec != eval_views.IDENTITY:  # the training data's class names, where they are known
+        same = training_data == (data.name, config.data.get("data_dir"))
+        x_names = data.names if same else eval_views.training_class_names(*training_data)
+    if not spec:
+        eval_views.check_label_space(data, x_names, num_x)
+        return None
+    return eval_views.load_class_map(
+        spec,
+        y_names=data.names,
+        num_y=data.num_classes,
+        x_names=x_names,
+        num_x=num_x,
+        present_labels=data.present_labels,
+    )
+
+
+def _real_result(top1: np.ndarray, sets: list[np.ndarray], arrays: dict) -> dict[str, Any]:
+    """ReaL metrics; adds the per-example sets and outcomes to `arrays` (for the npz)."""
+    result = eval_views.real_metrics(top1, sets)
+    result["real_top1_ci95"] = clopper_pearson(result["real_correct"], result["real_n"])
+    correct, valid = eval_views.multilabel_correct(top1, sets)
+    arrays |= {"real_labels": eval_views.pad_label_sets(sets), "real_correct": correct}
+    arrays["real_valid"] = valid
+    return result
+
+
+def _result_name(data: eval_views.EvalData, step: int, mapping: ClassMap | None) -> str:
+    name = f"{data.name.replace('/', '_')}-{data.split}-{step}"
+    return f"{name}-classmap_{mapping.tag()}" if mapping else name
+
+
+def _write(out: epath.Path, result: dict, predictions: dict[str, np.ndarray], arrays: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Not with_suffix: a versioned dataset name ("imagenot/256:1.0.0") has dots of its own.
+    (out.parent / f"{out.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    extra = {
+        name: predictions[name]
+        for name in ("y_label", "top5_unrestricted", "logits")
+        if name in predictions
+    }
+    with (out.parent / f"{out.name}.examples.npz").open("wb") as f:
+        np.savez_compressed(
+            f,
+            label=predictions["label"],
+            top5=predictions["top5"],
+            correct=predictions["top5"][:, 0] == predictions["label"],
+            **arrays,
+            **extra,
+        )
 
 
 def format_result(result: dict[str, Any]) -> str:
     low, high = result["top1_ci95"]
-    return (
+    text = (
         f"{result['model']} step {result['step']} on {result['dataset']} {result['split']} "
         f"(n={result['n']}): top-1 {100 * result['top1']:.2f}% "
         f"[{100 * low:.2f}, {100 * high:.2f}], top-5 {100 * result['top5']:.2f}%, "
-        f"mean per-class recall {100 * result['mean_per_class_recall']:.2f}%, "
-        f"loss {result['loss']:.4f}"
+        f"equal-weighted accuracy (mean per-class recall) "
+        f"{100 * result['mean_per_class_recall']:.2f}%, loss {result['loss']:.4f}"
     )
+    if result.get("class_map"):
+        mapping = result["class_map"]
+        text += (
+            f"\n  restricted to the {mapping['num_classes']} classes of class map "
+            f"{mapping['source']}; unrestricted top-1 {100 * result['unrestricted_top1']:.2f}%, "
+            f"top-5 {100 * result['unrestricted_top5']:.2f}%"
+        )
+    if "real_top1" in result:
+        low, high = result["real_top1_ci95"]
+        text += (
+            f"\n  ReaL top-1 {100 * result['real_top1']:.2f}% [{100 * low:.2f}, "
+            f"{100 * high:.2f}] (n={result['real_n']}, {result['real_excluded']} images "
+            "without a ReaL label excluded)"
+        )
+    return text
 
 
 def define_flags() -> None:
@@ -156,6 +367,17 @@ def define_flags() -> None:
     flags.DEFINE_string("data_dir", None, "TFDS data dir (default: the run's).")
     flags.DEFINE_integer("batch_size", None, "Global eval batch size.")
     flags.DEFINE_boolean("ema", True, "Use the EMA weights when the run kept them.")
+    flags.DEFINE_string(
+        "class_map",
+        None,
+        "Score the model only among the classes the dataset's labels map to: `identity` "
+        "(labels are the model's class indices), `wnid` (same class names), or a file of "
+        "`y_label<TAB>model_class` lines / a JSON {y_label: model_class} object.",
+    )
+    flags.DEFINE_boolean(
+        "real", None, "ReaL multi-label accuracy (default: when the dataset has `real_label`)."
+    )
+    flags.DEFINE_boolean("save_logits", False, "Keep every example's logits in .examples.npz.")
     flags.mark_flags_as_required(["workdir"])
 
 
@@ -174,6 +396,9 @@ def main(argv: list[str]) -> None:
             data_dir=options.data_dir,
             batch_size=options.batch_size,
             use_ema=options.ema,
+            class_map=options.class_map,
+            real=options.real,
+            save_logits=options.save_logits,
         )
         print(format_result(result))
         print(f"wrote {path}")

@@ -23,7 +23,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from imagenot_jax import checkpoint, ema, input_pipeline, mixing, models, optim, sharding
+from imagenot_jax import checkpoint, ema, input_pipeline, mixing, models, optim, sharding, transfer
 from imagenot_jax.metric_writer import MetricWriter
 from imagenot_jax.run_control import NonFiniteLossError, PendingMetrics, Preemption
 from imagenot_jax.sharding import DATA_AXIS
@@ -82,9 +82,11 @@ class Setup:
     schedule: optax.Schedule
     abstract_state: Any
     state_shardings: Any
-    init: Callable[[], TrainState]
+    init: Callable[..., TrainState]  # init(pretrained=None): see transfer.load_pretrained
     steps_per_epoch: int
     total_steps: int
+    # Paths of the params that train (optim.trainable="head": the classifier head); None: all.
+    trainable: frozenset | None = None
 
 
 def make_setup(
@@ -108,13 +110,18 @@ def make_setup(
         steps_per_epoch=steps_per_epoch,
         decay_groups=optim.weight_decay_groups(abstract_model),
     )
+    trainable = transfer.trainable_paths(config)
+    tx = transfer.freeze(tx, trainable)
     graphs: dict[str, ModelDef] = {}
 
-    def init() -> TrainState:
+    def init(pretrained: transfer.Pretrained | None = None) -> TrainState:
         model_def, params, batch_stats, rest = split_model(
             build_model(config, config.model.num_classes)
         )
         graphs["model_def"] = model_def
+        if pretrained is not None:  # model.init: all but the fresh head from the checkpoint
+            params = transfer.merge_pretrained(params, pretrained["params"])
+            batch_stats = transfer.merge_pretrained(batch_stats, pretrained["batch_stats"])
         use_ema = config.optim.get("ema_decay") is not None
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -139,6 +146,7 @@ def make_setup(
         init=jax.jit(init, out_shardings=shardings),
         steps_per_epoch=steps_per_epoch,
         total_steps=int(total_steps),
+        trainable=trainable,
     )
 
 
@@ -215,7 +223,11 @@ def make_train_step(setup: Setup) -> Callable:
     config, mesh = setup.config, setup.mesh
     num_classes = config.model.num_classes
     dtype = jnp.dtype(config.model.dtype)
-    grad_fn = _forward_loss(setup.model_def.train, config.model.aux_loss_weight)
+    # A linear probe runs the frozen backbone in eval mode: BatchNorm uses (and keeps) its
+    # running statistics and dropout is off, so the head trains on the features it is evaluated on.
+    probe = setup.trainable is not None
+    graph = setup.model_def.eval if probe else setup.model_def.train
+    grad_fn = _forward_loss(graph, config.model.aux_loss_weight)
     if config.mesh.bn_mode == "per_device":
         grad_fn = _per_device_bn(grad_fn, mesh)
     elif config.mesh.bn_mode != "global":
@@ -245,6 +257,9 @@ def make_train_step(setup: Setup) -> Callable:
         (loss, (logits, batch_stats, rest)), grads = grad_fn(
             state.params, state.batch_stats, state.rest, images, targets
         )
+        grads = transfer.zero_frozen(grads, setup.trainable)
+        if probe:
+            batch_stats = state.batch_stats
         updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_ema = state.ema
@@ -379,6 +394,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     num_train, num_classes = num_examples_and_classes(config)
     with config.unlocked():
         config.model.num_classes = config.model.get("num_classes") or num_classes
+        transfer.resolve_config(config)  # model.init: the pretrained run's model kwargs
     write_config(config, workdir_path)
 
     setup = make_setup(config, mesh, num_train)
@@ -459,7 +475,12 @@ def _initial_state(
 ) -> TrainState:
     latest = checkpointer.latest_step()
     if latest is None:
-        return setup.init()
+        if not setup.config.model.get("init"):
+            return setup.init()
+        # Fine-tuning starts from the pretrained weights; resuming it (below) does not.
+        return setup.init(
+            transfer.load_pretrained(setup.config, setup.abstract_state, setup.state_shardings)
+        )
     logging.info("resuming from step %d in %s", latest, checkpointer.directory)
     abstract = checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
     return checkpointer.restore(latest, abstract, train_iter)

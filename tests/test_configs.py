@@ -40,7 +40,7 @@ def load_config(name: str, arg: str | None = None):
 
 
 def test_every_paper_model_has_a_recipe():
-    assert sorted(p.stem for p in CONFIG_DIR.glob("*.py")) == sorted([*RECIPES, "demo"])
+    assert sorted(p.stem for p in CONFIG_DIR.glob("*.py")) == sorted([*RECIPES, "demo", "transfer"])
 
 
 @pytest.mark.parametrize("name", RECIPES)

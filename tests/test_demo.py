@@ -25,6 +25,7 @@ def test_demo_builds_trains_evaluates_and_is_idempotent(tmp_path):
         f"--data_dir={tmp_path / 'data'}",
         f"--manual_dir={tmp_path / 'manual'}",
         f"--workdir={tmp_path / 'run'}",
+        "--norun_suite",  # tests/test_suite.py runs a suite at test size
         "--config.input.global_batch_size=8",
         "--config.input.eval_batch_size=8",
         "--config.input.num_workers=0",
@@ -54,7 +55,10 @@ def test_demo_without_source_files_exits_2_with_the_fix(tmp_path):
         "app.run(demo.main)\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code, f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'run'}"],
+        [
+            sys.executable, "-c", code, f"--data_dir={tmp_path}", f"--workdir={tmp_path / 'run'}",
+            "--norun_suite",
+        ],
         cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr[-2000:]

@@ -35,7 +35,9 @@ class AlexNet(nnx.Module):
     """torchvision.models.AlexNet (the one-GPU variant of "One weird trick", 61.1M params).
 
     Input: float NHWC batch (>= 63 px); output: logits (batch, num_classes) in `dtype`.
-    Dropout is active after model.train() and off after model.eval().
+    Dropout is active after model.train() and off after model.eval(). `width_mult` (conv
+    channels) and `hidden_features` (classifier width) are ours, for small nets; their defaults
+    give torchvision's AlexNet.
     """
 
     def __init__(
@@ -43,25 +45,28 @@ class AlexNet(nnx.Module):
         *,
         num_classes: int = 1000,
         dropout: float = 0.5,
+        width_mult: float = 1.0,
+        hidden_features: int = 4096,
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.dtype = dtype
+        c1, c2, c3, c4 = (max(1, round(c * width_mult)) for c in (64, 192, 384, 256))
         self.features = Sequential(
             [
-                _conv(3, 64, 11, stride=4, padding=2, **kw),  # 0
+                _conv(3, c1, 11, stride=4, padding=2, **kw),  # 0
                 ReLU(),
                 MaxPool2d(3, 2),
-                _conv(64, 192, 5, padding=2, **kw),  # 3
+                _conv(c1, c2, 5, padding=2, **kw),  # 3
                 ReLU(),
                 MaxPool2d(3, 2),
-                _conv(192, 384, 3, padding=1, **kw),  # 6
+                _conv(c2, c3, 3, padding=1, **kw),  # 6
                 ReLU(),
-                _conv(384, 256, 3, padding=1, **kw),  # 8
+                _conv(c3, c4, 3, padding=1, **kw),  # 8
                 ReLU(),
-                _conv(256, 256, 3, padding=1, **kw),  # 10
+                _conv(c4, c4, 3, padding=1, **kw),  # 10
                 ReLU(),
                 MaxPool2d(3, 2),
             ]
@@ -70,12 +75,12 @@ class AlexNet(nnx.Module):
         self.classifier = Sequential(
             [
                 nnx.Dropout(dropout, deterministic=None, rngs=rngs),
-                torch_linear(256 * 6 * 6, 4096, **kw),  # 1
+                torch_linear(c4 * 6 * 6, hidden_features, **kw),  # 1
                 ReLU(),
                 nnx.Dropout(dropout, deterministic=None, rngs=rngs),
-                torch_linear(4096, 4096, **kw),  # 4
+                torch_linear(hidden_features, hidden_features, **kw),  # 4
                 ReLU(),
-                torch_linear(4096, num_classes, **kw),  # 6
+                torch_linear(hidden_features, num_classes, **kw),  # 6
             ]
         )
 
