@@ -1,5 +1,5 @@
 """`make demo`: build the embedded default data, train on it, evaluate the final checkpoint,
-then run the ImageNot experiment in miniature (configs/suites/fashion_halves.py: seven
+then run the ImageNot experiment in miniature (configs/suites/fashion_halves.py: six
 architectures on two disjoint-class halves of Fashion-MNIST, ranked against each other).
 
     python -m imagenot_jax.demo --config configs/demo.py --workdir .data/demo \

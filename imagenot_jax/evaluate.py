@@ -143,20 +143,7 @@ def predict(
     eval_step: Callable, setup: train.Setup, state: Any, source: Any
 ) -> dict[str, np.ndarray]:
     """train.predict_split over a given source: per-example outputs, each example once."""
-    config = setup.config
-    params, batch_stats = train.eval_weights(state)
-    sharding.check_batch_divisible(
-        config.input.eval_batch_size, setup.mesh, "input.eval_batch_size"
-    )
-    outputs: dict[str, list[np.ndarray]] = {}
-    for local in _eval_batches(config, source):
-        result = jax.device_get(
-            eval_step(params, batch_stats, state.rest, sharding.global_batch(local, setup.mesh))
-        )
-        keep = result.pop("mask").astype(bool)
-        for name, value in result.items():
-            outputs.setdefault(name, []).append(value[keep])
-    return {name: np.concatenate(values) for name, values in outputs.items()}
+    return train.predict_batches(eval_step, setup, state, _eval_batches(setup.config, source))
 
 
 def _check_mapped(predictions: dict[str, np.ndarray], class_map: ClassMap | None, num_x: int):

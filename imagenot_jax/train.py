@@ -340,12 +340,19 @@ def predict_split(
     split: str,
 ) -> dict[str, np.ndarray]:
     """Per-example loss, top-5, label and record index over a whole split, each example once."""
+    return predict_batches(eval_step, setup, state, input_pipeline.make_eval_dataset(config, split))
+
+
+def predict_batches(
+    eval_step: Callable, setup: Setup, state: TrainState, batches: Any
+) -> dict[str, np.ndarray]:
+    """The eval step's per-example outputs over padded host batches (`mask` drops the padding)."""
     params, batch_stats = eval_weights(state)
     sharding.check_batch_divisible(
-        config.input.eval_batch_size, setup.mesh, "input.eval_batch_size"
+        setup.config.input.eval_batch_size, setup.mesh, "input.eval_batch_size"
     )
     outputs: dict[str, list[np.ndarray]] = {}
-    for local in input_pipeline.make_eval_dataset(config, split):
+    for local in batches:
         result = jax.device_get(
             eval_step(params, batch_stats, state.rest, sharding.global_batch(local, setup.mesh))
         )

@@ -10,23 +10,13 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from imagenot_jax import train
+from imagenot_jax import reference, train
 from imagenot_jax.models import list_models
 from tests.conftest import REPO
 
 CONFIG_DIR = REPO / "configs"
 # The ImageNot study's nine architectures, plus the ResNet-50 anchor.
-PAPER_MODELS = [
-    "alexnet",
-    "vgg19",
-    "inception_v3",
-    "resnet152",
-    "densenet161",
-    "mobilenet_v3_large",
-    "efficientnet_v2_l",
-    "vit_b_16",
-    "convnext_large",
-]
+PAPER_MODELS = list(reference.PAPER_MODELS)
 RECIPES = [*PAPER_MODELS, "resnet50"]
 
 
