@@ -163,10 +163,13 @@ class MobileNetV3(nnx.Module):
         *,
         num_classes: int = 1000,
         dropout: float = 0.2,
+        norm_momentum: float = 0.01,
         dtype: Any = jnp.float32,
         param_dtype: Any = jnp.float32,
         rngs: nnx.Rngs,
     ):
+        """`norm_momentum` is torch's BN momentum (torchvision's 0.01 by default); short runs
+        need more, or the running statistics stay near their initial values."""
         if not inverted_residual_setting:
             raise ValueError("MobileNetV3: inverted_residual_setting should not be empty")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -187,6 +190,9 @@ class MobileNetV3(nnx.Module):
                 _linear(last_channel, num_classes, **kw),
             ]
         )
+        for _, module in nnx.iter_graph(self):
+            if isinstance(module, BatchNorm3):
+                module.momentum = 1.0 - norm_momentum  # Flax's convention
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = self.features(jnp.asarray(x, self.dtype))
