@@ -73,7 +73,7 @@ def run_suite(
             path, ran = run_one(config, root / label / name)
             evals[side].append(f"{name}={path}")
             trained += ran
-    from imagenot_jax import rank  # matplotlib & co., needed only now
+    from imagenot_jax import rank, rank_report  # matplotlib & co., needed only now
 
     summary = rank.compare(
         rank.load_result_set(evals["a"]),
@@ -85,6 +85,8 @@ def run_suite(
         b_label=suite.b.label,
     )
     print(f"suite: {trained} runs trained, {2 * len(suite.runs) - trained} already done")
+    print(rank_report.format_summary(summary))
+    print(f"suite: report in {root / 'report'}")
     return summary
 
 
