@@ -454,3 +454,14 @@ def test_cli_prints_the_table_and_exits_2_on_user_errors(workdirs, tmp_path):
     bad = _run_cli("--a=torchvision-imagenet1k", f"--b={tmp_path / 'nope'}", f"--out={out}")
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path / 'nope'}: not found")
+
+
+def test_eval_files_of_sliced_splits_load_by_their_literal_path(tmp_path):
+    """`test[:2500]` in a file name is a path, not a glob pattern (the suite's eval files)."""
+    paths = [
+        write_eval(tmp_path / name, name, acc, split="test[:300]", seed=i)
+        for i, (name, (acc, _)) in enumerate(MODELS.items())
+    ]
+    assert all("[" in p.name for p in paths)
+    result_set = rank.load_result_set([str(p) for p in paths])
+    assert sorted(result_set.models) == sorted(MODELS)
