@@ -34,11 +34,11 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 from flax import nnx
-from scipy import stats
 
 from imagenot_jax import checkpoint, eval_views, input_pipeline, sharding, train
 from imagenot_jax.cli import quiet_library_logs, run_user_command
 from imagenot_jax.eval_views import ClassMap
+from imagenot_jax.rank_stats import clopper_pearson
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -46,18 +46,6 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found; --workdir must be a training workdir")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def clopper_pearson(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
-    """Exact binomial interval for a proportion."""
-    alpha = 1.0 - level
-    low = stats.beta.ppf(alpha / 2, successes, trials - successes + 1) if successes else 0.0
-    high = (
-        stats.beta.ppf(1 - alpha / 2, successes + 1, trials - successes)
-        if successes < trials
-        else 1.0
-    )
-    return float(low), float(high)
 
 
 def per_class_recall(labels: np.ndarray, top1: np.ndarray, num_classes: int) -> list[float | None]:
