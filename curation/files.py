@@ -1,0 +1,141 @@
+"""Files between stages: input shard lists, atomic parquet writes, per-shard resume.
+
+A stage writes one output file per input shard, named after the shard, and writes it atomically
+(temporary file + rename). The presence of the output therefore means "this shard is done", so
+a rerun skips finished shards and a killed run never leaves a half-written or duplicated shard.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pathlib
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from curation.errors import CurationError
+
+T = TypeVar("T")
+
+# Column kinds accepted by `check_columns`; the predicate sees the (dictionary value) type.
+KINDS: Mapping[str, Callable[[pa.DataType], bool]] = {
+    "string": lambda t: (
+        pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+    ),
+    "text": lambda t: (
+        pa.types.is_string(t)
+        or pa.types.is_large_string(t)
+        or pa.types.is_string_view(t)
+        or pa.types.is_binary(t)
+        or pa.types.is_large_binary(t)
+    ),
+    "int": pa.types.is_integer,
+    "number": lambda t: pa.types.is_integer(t) or pa.types.is_floating(t),
+    "list": lambda t: pa.types.is_list(t) or pa.types.is_large_list(t),
+}
+_PARQUET_SUFFIX = re.compile(r"(\.[A-Za-z0-9]+)?\.parquet$")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def input_shards(patterns: str | Sequence[str]) -> list[pathlib.Path]:
+    """Files matching comma-separated globs (or a list of them), sorted; each must exist and
+    have a distinct `shard_name`, because outputs are named after it."""
+    if isinstance(patterns, str):
+        patterns = [p for p in patterns.split(",") if p.strip()]
+    files: set[pathlib.Path] = set()
+    for pattern in patterns:
+        matched = glob.glob(os.path.expanduser(pattern.strip()), recursive=True)
+        if not matched:
+            raise CurationError(f"no input file matches {pattern!r}")
+        files.update(pathlib.Path(m) for m in matched if pathlib.Path(m).is_file())
+    shards = sorted(files)
+    seen: dict[str, pathlib.Path] = {}
+    for shard in shards:
+        name = shard_name(shard)
+        if name in seen:
+            raise CurationError(
+                f"input files {seen[name]} and {shard} share the shard name {name!r}; "
+                "outputs are named after it, so rename one"
+            )
+        seen[name] = shard
+    return shards
+
+
+def shard_name(path: pathlib.Path) -> str:
+    """'part-00001.snappy.parquet' -> 'part-00001'; characters unsafe in file names or sample
+    keys become '_'."""
+    return _UNSAFE.sub("_", _PARQUET_SUFFIX.sub("", path.name))
+
+
+def output_path(out_dir: pathlib.Path, shard: pathlib.Path | str) -> pathlib.Path:
+    name = shard if isinstance(shard, str) else shard_name(shard)
+    return out_dir / f"{name}.parquet"
+
+
+def write_parquet_atomic(table: pa.Table, path: pathlib.Path) -> None:
+    """Write to a temporary name beside `path`, then rename: readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def pending_shards(shards: Sequence[pathlib.Path], out_dir: pathlib.Path) -> list[pathlib.Path]:
+    """The shards whose output is not written yet."""
+    return [s for s in shards if not output_path(out_dir, s).exists()]
+
+
+def run_per_shard(
+    shards: Sequence[pathlib.Path],
+    out_dir: pathlib.Path,
+    process: Callable[[pathlib.Path], pa.Table],
+    desc: str,
+) -> int:
+    """Sequential resumable stage: `process(shard)` -> output table, for each unfinished shard.
+    Returns the number of shards processed now (the others were done before)."""
+    todo = pending_shards(shards, out_dir)
+    for shard in progress(todo, desc=desc, unit="shard"):
+        write_parquet_atomic(process(shard), output_path(out_dir, shard))
+    return len(todo)
+
+
+def read_stage(out_dir: pathlib.Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """All of a stage's outputs, concatenated in shard-name order."""
+    files = sorted(out_dir.glob("*.parquet"))
+    if not files:
+        raise CurationError(f"{out_dir}: no *.parquet outputs; run the stage that writes them")
+    tables = [pq.read_table(f, columns=columns) for f in files]
+    return pa.concat_tables(tables, promote_options="default")
+
+
+def check_columns(path: pathlib.Path, schema: pa.Schema, required: Mapping[str, str]) -> None:
+    """One-line error naming the file and column when a column is missing or of the wrong kind
+    (`required`: column -> key of KINDS)."""
+    for name, kind in required.items():
+        if name not in schema.names:
+            raise CurationError(
+                f"{path}: missing column {name!r} (expected {kind}; has {', '.join(schema.names)})"
+            )
+        value_type = schema.field(name).type
+        if pa.types.is_dictionary(value_type):
+            value_type = value_type.value_type
+        if not (KINDS[kind](value_type) or pa.types.is_null(value_type)):
+            raise CurationError(f"{path}: column {name!r} has type {value_type}, expected {kind}")
+
+
+def read_schema(path: pathlib.Path) -> pa.Schema:
+    """The parquet schema, or a one-line error naming the file."""
+    try:
+        return pq.read_schema(path)
+    except (OSError, pa.ArrowException) as e:
+        raise CurationError(f"{path}: not a readable parquet file ({e})") from None
+
+
+def progress(items: Iterable[T], **kwargs) -> Iterable[T]:
+    """tqdm progress bar (stderr); `desc`, `total`, `unit` as in tqdm."""
+    return tqdm(items, dynamic_ncols=True, **kwargs)
