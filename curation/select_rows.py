@@ -1,0 +1,324 @@
+"""Rows for the select stage: its checked settings, per-row scores and seeded hashes, and the
+input shards read and filtered (FILTERS, in order; each filter's rows in/out are counted).
+
+Kept apart from `curation.select` (which de-duplicates and chooses) so that each stays small.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import math
+import pathlib
+from collections.abc import Callable, Mapping, Sequence
+
+import ml_collections
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curation import class_stats, files
+from curation.errors import CurationError
+
+# Input column -> (type in the manifest, files.KINDS kind). Optional columns that are missing
+# are written as nulls (clip_score: NaN).
+COLUMNS: Mapping[str, tuple[pa.DataType, str]] = {
+    "key": (pa.string(), "string"),
+    "wnid": (pa.string(), "string"),
+    "url": (pa.string(), "string"),
+    "caption": (pa.string(), "string"),
+    "text_score": (pa.float32(), "number"),
+    "clip_score": (pa.float32(), "number"),
+    "lemma": (pa.string(), "string"),
+    "width": (pa.int64(), "int"),
+    "height": (pa.int64(), "int"),
+    "punsafe": (pa.float32(), "number"),
+    "nsfw": (pa.string(), "string"),
+    "similarity": (pa.float32(), "number"),
+    "source": (pa.string(), "string"),
+    "row": (pa.int64(), "int"),
+}
+# Long texts that no selection step reads: read back for the chosen rows only (attach_late).
+LATE = ("caption", "lemma")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """config.select checked, plus the few other fields select reads."""
+
+    select: ml_collections.ConfigDict
+    nsfw_drop: tuple[str, ...]
+    clip: bool  # config.clip_score.enabled
+    hops: int  # config.wordnet.spread_hops
+    seed: int  # config.seed
+    min_images: int
+    sizes: Mapping[str, int]  # split -> images per class
+
+    @property
+    def per_class(self) -> int:
+        return sum(self.sizes.values())
+
+
+def _field(config: ml_collections.ConfigDict, dotted: str) -> object:
+    node = config
+    for part in dotted.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise CurationError(f"config.{dotted}: missing (select reads it)")
+        node = node[part]
+    return node
+
+
+def _optional(value: object) -> float | None:
+    """None and NaN both mean 'off'."""
+    return None if value is None or math.isnan(float(value)) else float(value)
+
+
+def settings(config: ml_collections.ConfigDict) -> Settings:
+    """Read and check the fields select uses; one-line CurationError naming the field."""
+    s = _field(config, "select")
+    clip = bool(_field(config, "clip_score.enabled"))
+    sizes = {split: int(s[split]) for split in class_stats.SPLITS}
+    if sizes["train"] < 1 or min(sizes.values()) < 0:
+        raise CurationError(f"config.select.train/validation/test: {sizes}; expected train >= 1")
+    floor = sizes["validation"] + sizes["test"]
+    min_images = sum(sizes.values()) if s.min_images is None else int(s.min_images)
+    if min_images < max(floor, 1):
+        raise CurationError(
+            f"config.select.min_images={min_images}: expected >= max(1, validation + test) = "
+            f"{max(floor, 1)}, so that every class fills its evaluation splits"
+        )
+    checks = {
+        "score": (s.score in SCORES, f"one of {', '.join(SCORES)}"),
+        "rank_by": (s.rank_by in class_stats.RANKERS, f"one of {', '.join(class_stats.RANKERS)}"),
+        "num_classes": (int(s.num_classes) >= 1, ">= 1"),
+        "clip_weight": (0.0 <= float(s.clip_weight) <= 1.0, "in [0, 1]"),
+        "min_side": (int(s.min_side) >= 0, ">= 0 (0 = off)"),
+    }
+    for name, (ok, expected) in checks.items():
+        if not ok:
+            raise CurationError(f"config.select.{name}={s[name]!r}: expected {expected}")
+    needs_clip = {"score": s.score in CLIP_SCORES, "rank_by": s.rank_by in class_stats.CLIP_RANKERS}
+    for name, needed in needs_clip.items():
+        if needed and not clip:
+            raise CurationError(
+                f"config.select.{name}={s[name]!r} needs the CLIP stage "
+                "(config.clip_score.enabled=True)"
+            )
+    hops = int(_field(config, "wordnet.spread_hops"))
+    if hops < 0:
+        raise CurationError(f"config.wordnet.spread_hops={hops}: expected >= 0 (0 = off)")
+    tags = tuple(t.strip().upper() for t in str(s.nsfw_drop or "").split(",") if t.strip())
+    seed = int(_field(config, "seed"))
+    return Settings(s, tags, clip, hops, seed, min_images, sizes)
+
+
+# ---------------------------------------------------------------- scores and seeded hashes
+
+
+def column(table: pa.Table, name: str) -> np.ndarray:
+    """A numeric column as float64, nulls as NaN."""
+    return table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+
+
+def _weighted(table: pa.Table, s: Settings) -> np.ndarray:
+    w = float(s.select.clip_weight)
+    return (1.0 - w) * column(table, "text_score") + w * column(table, "clip_score")
+
+
+# score name -> per-row selection score (float64; NaN ranks last).
+SCORES: Mapping[str, Callable[[pa.Table, Settings], np.ndarray]] = {
+    "text_score": lambda t, s: column(t, "text_score"),
+    "clip_score": lambda t, s: column(t, "clip_score"),
+    "weighted": _weighted,
+}
+CLIP_SCORES = frozenset({"clip_score", "weighted"})
+
+
+def seeded_hash(keys: pa.ChunkedArray | pa.Array, seed: int, purpose: bytes) -> np.ndarray:
+    """uint64 per key: a seeded pseudo-random number that depends on the key alone, so ties
+    and shuffles do not depend on row order. `purpose` separates independent uses."""
+    salt = str(seed).encode()
+    values = (
+        hashlib.blake2b(k.encode(), digest_size=8, key=salt, person=purpose).digest()
+        for k in keys.to_pylist()
+    )
+    return np.fromiter((int.from_bytes(v, "little") for v in values), np.uint64, len(keys))
+
+
+# ---------------------------------------------------------------- reading and filters
+
+Filter = Callable[[pa.Table, Settings], tuple[np.ndarray | None, dict[str, int]]]
+
+
+def _keep_url(t: pa.Table, s: Settings) -> tuple[np.ndarray, dict[str, int]]:
+    url = t.column("url")
+    ok = pc.fill_null(pc.greater(pc.utf8_length(url), 0), False)
+    return np.asarray(ok, bool), {}
+
+
+def _keep_nsfw(t: pa.Table, s: Settings) -> tuple[np.ndarray | None, dict[str, int]]:
+    if not s.nsfw_drop:
+        return None, {}
+    tag = pc.utf8_upper(pc.utf8_trim_whitespace(t.column("nsfw")))
+    dropped = pc.fill_null(pc.is_in(tag, value_set=pa.array(s.nsfw_drop)), False)
+    return ~np.asarray(dropped, bool), {"null_passed": t.column("nsfw").null_count}
+
+
+def _keep_punsafe(t: pa.Table, s: Settings) -> tuple[np.ndarray | None, dict[str, int]]:
+    limit = _optional(s.select.max_punsafe)
+    if limit is None:
+        return None, {}
+    p = column(t, "punsafe")
+    return ~(p > limit), {"null_passed": int(np.isnan(p).sum())}
+
+
+def _keep_min_side(t: pa.Table, s: Settings) -> tuple[np.ndarray | None, dict[str, int]]:
+    if not s.select.min_side:
+        return None, {}
+    side = np.minimum(column(t, "width"), column(t, "height"))
+    unknown = np.isnan(side)
+    keep = (side >= s.select.min_side) | (unknown & bool(s.select.keep_unknown_size))
+    verb = "kept" if s.select.keep_unknown_size else "dropped"
+    return keep, {f"unknown_size_{verb}": int(unknown.sum())}
+
+
+def _keep_score(t: pa.Table, name: str, minimum: float | None, missing_drops: bool) -> tuple:
+    x = column(t, name)
+    missing = np.isnan(x) & missing_drops
+    below = x < minimum if minimum is not None else np.zeros(len(x), bool)
+    return ~(missing | below), {"missing": int(missing.sum()), "below_min": int(below.sum())}
+
+
+def _keep_text(t: pa.Table, s: Settings) -> tuple[np.ndarray, dict[str, int]]:
+    return _keep_score(t, "text_score", _optional(s.select.min_text_score), True)
+
+
+def _keep_clip(t: pa.Table, s: Settings) -> tuple[np.ndarray | None, dict[str, int]]:
+    minimum = _optional(s.select.min_clip_score)
+    if not s.clip or (minimum is None and not s.select.drop_missing_clip_score):
+        return None, {}
+    return _keep_score(t, "clip_score", minimum, bool(s.select.drop_missing_clip_score))
+
+
+FILTERS: tuple[tuple[str, Filter, tuple[str, ...]], ...] = (
+    # (name, keep-mask function (None: off), input columns it needs when on)
+    ("url", _keep_url, ()),
+    ("nsfw", _keep_nsfw, ("nsfw",)),
+    ("punsafe", _keep_punsafe, ("punsafe",)),
+    ("min_side", _keep_min_side, ("width", "height")),
+    ("text_score", _keep_text, ()),
+    ("clip_score", _keep_clip, ("clip_score",)),
+)
+
+
+@dataclasses.dataclass
+class FilterCount:
+    rows_in: int = 0
+    dropped: int = 0
+    active: bool = False
+    notes: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+
+
+@dataclasses.dataclass
+class Filtered:
+    table: pa.Table  # surviving rows, all COLUMNS in their manifest types
+    counts: dict[str, FilterCount]
+    matched: collections.Counter  # wnid -> input rows (before filters)
+    paths: tuple[pathlib.Path, ...]  # the input shards; `_file` indexes them
+    rows: int
+
+
+def _required(s: Settings) -> dict[str, str]:
+    needed = {"key", "wnid", "url", "caption", "text_score"} | ({"clip_score"} if s.clip else set())
+    probe = pa.table({name: pa.array([], t) for name, (t, _) in COLUMNS.items()})
+    for _, keep, columns in FILTERS:
+        if keep(probe, s)[0] is not None:
+            needed.update(columns)
+    return {name: COLUMNS[name][1] for name in COLUMNS if name in needed}
+
+
+def _read_shard(
+    path: pathlib.Path, index: int, s: Settings, required: Mapping[str, str]
+) -> pa.Table:
+    """The shard's rows with every COLUMNS entry but LATE in its manifest type, plus `_file`
+    (index) and `_row` (row in the file), which locate the LATE columns for `attach_late`."""
+    schema = files.read_schema(path)
+    files.check_columns(path, schema, required)
+    present = [n for n in COLUMNS if n in schema.names and (n != "clip_score" or s.clip)]
+    table = pq.read_table(path, columns=[n for n in present if n not in LATE])
+    names = [n for n in COLUMNS if n not in LATE]
+    arrays = [_cast(path, table, name, name in present) for name in names]
+    arrays += [pa.array(np.full(table.num_rows, index, np.int32))]
+    arrays += [pa.array(np.arange(table.num_rows, dtype=np.int64))]
+    table = pa.table(arrays, names=[*names, "_file", "_row"])
+    for name in ("key", "wnid"):
+        if table.column(name).null_count:
+            raise CurationError(f"{path}: column {name!r} has null values; expected none")
+    return table
+
+
+def _cast(path: pathlib.Path, table: pa.Table, name: str, present: bool) -> pa.ChunkedArray:
+    arrow_type = COLUMNS[name][0]
+    if not present:
+        fill = math.nan if name == "clip_score" else None
+        return pa.chunked_array([pa.array([fill] * table.num_rows, arrow_type)])
+    try:
+        return table.column(name).cast(arrow_type)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CurationError(
+            f"{path}: column {name!r} cannot be read as {arrow_type} ({reason})"
+        ) from None
+
+
+def read_filtered(in_dir: pathlib.Path, s: Settings) -> Filtered:
+    """Every input shard, filtered (FILTERS order), concatenated (without the LATE columns)."""
+    paths = sorted(in_dir.glob("*.parquet"))
+    if not paths:
+        raise CurationError(f"{in_dir}: no *.parquet inputs; run the stage that writes them")
+    required = _required(s)
+    counts = {name: FilterCount() for name, _, _ in FILTERS}
+    matched: collections.Counter = collections.Counter()
+    kept, rows = [], 0
+    for index, path in enumerate(files.progress(paths, desc="select: filter", unit="shard")):
+        table = _read_shard(path, index, s, required)
+        rows += table.num_rows
+        values, counts_ = pc.value_counts(table.column("wnid")).flatten()
+        matched.update(dict(zip(values.to_pylist(), counts_.to_pylist(), strict=True)))
+        for name, keep_fn, _ in FILTERS:
+            keep, notes = keep_fn(table, s)
+            count = counts[name]
+            count.rows_in += table.num_rows
+            count.notes.update(notes)
+            if keep is not None:
+                count.active = True
+                count.dropped += int((~keep).sum())
+                table = table.filter(pa.array(keep))
+        kept.append(table)
+    table = pa.concat_tables(kept).combine_chunks()
+    return Filtered(table, counts, matched, tuple(paths), rows)
+
+
+def attach_late(table: pa.Table, paths: Sequence[pathlib.Path]) -> pa.Table:
+    """Add the LATE columns to `table` (rows located by _file/_row), read back from their files
+    for these rows only: the long texts of all the other rows never sit in memory."""
+    file_of = table.column("_file").to_numpy()
+    row_of = table.column("_row").to_numpy()
+    order = np.argsort(file_of, kind="stable")  # rows grouped by file
+    parts: dict[str, list[pa.Array]] = {name: [] for name in LATE}
+    for index in np.unique(file_of):
+        path = paths[index]
+        present = [n for n in LATE if n in files.read_schema(path).names]
+        source = pq.read_table(path, columns=present)
+        rows = pa.array(row_of[order][file_of[order] == index])
+        for name in LATE:
+            taken = _cast(path, source, name, name in present).take(rows)
+            parts[name].extend(taken.chunks)
+    back = pa.array(np.argsort(order))  # from file-grouped order back to the table's order
+    for name in LATE:
+        arrow_type = COLUMNS[name][0]
+        values = pa.chunked_array(parts[name], arrow_type).take(back)
+        table = table.append_column(name, values)
+    return table.drop_columns(["_file", "_row"])
