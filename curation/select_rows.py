@@ -80,9 +80,13 @@ def settings(config: ml_collections.ConfigDict) -> Settings:
     s = _field(config, "select")
     clip = bool(_field(config, "clip_score.enabled"))
     sizes = {split: int(s[split]) for split in class_stats.SPLITS}
-    if sizes["train"] < 1 or min(sizes.values()) < 0:
-        raise CurationError(f"config.select.train/validation/test: {sizes}; expected train >= 1")
-    floor = sizes["validation"] + sizes["test"]
+    if sum(sizes.values()) < 1 or min(sizes.values()) < 0:
+        raise CurationError(
+            f"config.select.train/validation/test: {sizes}; expected sizes >= 0, not all 0"
+        )
+    # With a train split, a class must fill its evaluation splits; an evaluation-only dataset
+    # (LAIONet: test only) keeps classes with fewer images than the cap.
+    floor = sizes["validation"] + sizes["test"] if sizes["train"] else 1
     min_images = sum(sizes.values()) if s.min_images is None else int(s.min_images)
     if min_images < max(floor, 1):
         raise CurationError(

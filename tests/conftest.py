@@ -43,6 +43,21 @@ def shared_data() -> pathlib.Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def imagenot_manifest():
+    """tfds_imagenot/imagenot/manifest.py (the builder's manifest validator) loaded by path:
+    the package's __init__ would import TensorFlow Datasets, and it needs only pyarrow/numpy."""
+    import importlib.util
+    import sys
+
+    path = REPO / "tfds_imagenot" / "imagenot" / "manifest.py"
+    spec = importlib.util.spec_from_file_location("imagenot_manifest_for_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while being created
+    spec.loader.exec_module(module)
+    return module
+
+
 # Sizes of the fake Fashion-MNIST below; 21: no eval batch size used in the tests divides it.
 FAKE_FASHION_TRAIN, FAKE_FASHION_TEST = 96, 21
 

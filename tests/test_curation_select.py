@@ -4,12 +4,10 @@ ImageNot TFDS builder accepts, and order independence (curation/select.py)."""
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import math
 import pathlib
 import random
-import sys
 
 import ml_collections
 import numpy as np
@@ -41,17 +39,6 @@ SCHEMA = pa.schema(
         ("text_score", pa.float32()),
     ]
 )
-
-
-def _manifest_module():
-    """tfds_imagenot/imagenot/manifest.py loaded by path: the package's __init__ would import
-    TensorFlow Datasets (seconds), and the validator needs only pyarrow and numpy."""
-    path = REPO / "tfds_imagenot" / "imagenot" / "manifest.py"
-    spec = importlib.util.spec_from_file_location("imagenot_manifest_for_tests", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being created
-    spec.loader.exec_module(module)
-    return module
 
 
 def row(key: str, wnid: str, score: float, **fields) -> dict:
@@ -241,9 +228,9 @@ def test_manifest_order_types_and_splits(hand_case):
         assert [r["split"] for r in by_hash] == ["test", "validation"] + ["train"] * 3
 
 
-def test_outputs_pass_the_tfds_validator(hand_case):
+def test_outputs_pass_the_tfds_validator(hand_case, imagenot_manifest):
     workdir, _ = hand_case
-    manifest_lib = _manifest_module()
+    manifest_lib = imagenot_manifest
     classes = manifest_lib.read_classes(workdir / "classes.tsv")
     assert classes.wnids == (A, B)
     files_ = manifest_lib.manifest_files(workdir)

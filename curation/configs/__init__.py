@@ -1,0 +1,1 @@
+"""Curation configs: `python -m curation.run --config curation/configs/<name>.py[:arg]`."""
