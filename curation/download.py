@@ -36,7 +36,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from absl import logging
 
-from curation import cli, files
+from curation import cli, engine, files
 from curation.errors import CurationError
 
 KEY_COLUMN = "manifest_key"  # img2dataset forbids `key` in save_additional_columns
@@ -46,7 +46,7 @@ ENCODE_FORMATS = ("jpg", "png", "webp")  # img2dataset's; the TFDS builder reads
 TOP_ERRORS = 20  # error messages listed in the summary
 # img2dataset imports albumentations, whose import checks PyPI for a newer version (a network
 # request, in every worker): off, in this process and the workers, which inherit it.
-WORKER_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1"}
+WORKER_ENV = engine.WORKER_ENV
 _STATS_FIELDS = ("count", "successes", "failed_to_download", "failed_to_resize")
 
 
@@ -272,11 +272,7 @@ def _distributor(config: ml_collections.ConfigDict) -> str:
 
 
 def _init_ray(config: ml_collections.ConfigDict) -> None:
-    import ray  # only when asked for: importing ray is slow
-
-    if not ray.is_initialized():  # else workers keep the environment of whoever started Ray
-        address = (config.get("engine") or {}).get("ray_address") or None
-        ray.init(address=address, runtime_env={"env_vars": WORKER_ENV})
+    engine.init_ray((config.get("engine") or {}).get("ray_address") or "")
 
 
 _DISTRIBUTOR_SETUP: Mapping[str, Callable[[ml_collections.ConfigDict], None]] = {

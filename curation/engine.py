@@ -19,6 +19,10 @@ import ml_collections
 from curation import files
 from curation.errors import CurationError
 
+# Environment of every Ray worker, whichever stage starts Ray: img2dataset (download) imports
+# albumentations, whose import asks PyPI for a newer version unless this is set.
+WORKER_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1"}
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -64,15 +68,26 @@ def _run_local(tasks: list[T], fn: Callable[[T], R], cfg: ml_collections.ConfigD
         return list(files.progress(pool.imap(fn, tasks, chunksize=1), **bar))
 
 
+def init_ray(address: str = "") -> None:
+    """Connects to the Ray at `address`, or starts a local one ('' ), unless this process already
+    did; workers get WORKER_ENV. Importing Ray costs seconds, so only the Ray paths call this."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    runtime_env = {"env_vars": WORKER_ENV}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env)
+    else:
+        ray.init(include_dashboard=False, runtime_env=runtime_env)  # this machine's cores
+
+
 def _run_ray(tasks: list[T], fn: Callable[[T], R], cfg: ml_collections.ConfigDict, desc: str):
     """Ray Data over the tasks, one block (hence one Ray task) per task. Tasks and results
     travel pickled, so Ray never infers a schema from them."""
-    import ray  # Only this engine needs Ray: importing it costs seconds.
+    import ray
 
-    if not ray.is_initialized() and cfg.ray_address:
-        ray.init(address=cfg.ray_address)
-    elif not ray.is_initialized():
-        ray.init(include_dashboard=False)  # a local Ray with this machine's cores
+    init_ray(cfg.ray_address)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours counts tasks; Ray's would count rows
     items = [{"index": i, "task": pickle.dumps(t)} for i, t in enumerate(tasks)]
