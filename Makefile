@@ -16,7 +16,7 @@ TEST_WORKERS ?= 2
 DEBIAN_PACKAGES := /usr/share/wordnet/data.noun:wordnet-base \
 	/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz:dataset-fashion-mnist
 
-.PHONY: demo test test-slow lint bench system-deps test-system-deps clean
+.PHONY: demo test test-slow lint bench bench-curation system-deps test-system-deps clean
 
 demo: $(VENV)/.core system-deps
 	$(PY) -m imagenot_jax.demo --config configs/demo.py --data_dir "$(TFDS_DATA_DIR)" \
@@ -33,8 +33,11 @@ lint: $(VENV)/.core
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 # Benchmarks compare against PyTorch, so they also need the curation extra (torch, torchvision).
-bench: $(VENV)/.test system-deps
+bench: $(VENV)/.test system-deps bench-curation
 	$(PY) -m benchmarks.input_pipeline
+
+bench-curation: $(VENV)/.test system-deps
+	$(PY) -m benchmarks.curation_match
 
 $(PY):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed"' \
