@@ -75,23 +75,10 @@ class Embeddings:
     source: str
 
 
-def manifest_files(workdir: pathlib.Path) -> list[pathlib.Path]:
-    """W/manifest.parquet, else W/manifest/*.parquet (as the TFDS builder reads them)."""
-    single = workdir / "manifest.parquet"
-    if single.is_file():
-        return [single]
-    found = sorted((workdir / "manifest").glob("*.parquet"))
-    if not found:
-        raise CurationError(
-            f"{single}: not found (nor {workdir / 'manifest'}/*.parquet); run the select stage"
-        )
-    return found
-
-
 def read_manifest(workdir: pathlib.Path) -> pa.Table:
     """key, wnid, split ('all' when the column is absent), text_score (float64, NaN for null)."""
     tables = []
-    for path in manifest_files(workdir):
+    for path in files.manifest_files(workdir):
         schema = files.read_schema(path)
         files.check_columns(path, schema, _MANIFEST_COLUMNS)
         has_split = "split" in schema.names

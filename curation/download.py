@@ -138,23 +138,10 @@ def _check_config(cfg: ml_collections.ConfigDict) -> None:
         raise CurationError(f"config.download.processes={cfg.processes}; expected >= 0")
 
 
-def manifest_files(workdir: pathlib.Path) -> list[pathlib.Path]:
-    """W/manifest.parquet, else W/manifest/*.parquet sorted (as the TFDS builder reads them)."""
-    single = workdir / "manifest.parquet"
-    if single.is_file():
-        return [single]
-    found = sorted((workdir / "manifest").glob("*.parquet"))
-    if not found:
-        raise CurationError(
-            f"no manifest: expected {single} or {workdir / 'manifest'}/*.parquet (select stage)"
-        )
-    return found
-
-
 def url_table(workdir: pathlib.Path) -> pa.Table:
     """img2dataset's input, in manifest row order: url, caption, manifest_key."""
     tables = []
-    for path in manifest_files(workdir):
+    for path in files.manifest_files(workdir):
         schema = files.read_schema(path)
         # caption is optional (img2dataset stores it as the .txt member)
         columns = ["key", "url", "caption"] if "caption" in schema.names else ["key", "url"]

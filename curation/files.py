@@ -104,6 +104,19 @@ def run_per_shard(
     return len(todo)
 
 
+def manifest_files(workdir: pathlib.Path) -> list[pathlib.Path]:
+    """W/manifest.parquet, else W/manifest/*.parquet sorted (as the TFDS builder reads them)."""
+    single = workdir / "manifest.parquet"
+    if single.is_file():
+        return [single]
+    found = sorted((workdir / "manifest").glob("*.parquet"))
+    if not found:
+        raise CurationError(
+            f"no manifest: expected {single} or {workdir / 'manifest'}/*.parquet (select stage)"
+        )
+    return found
+
+
 def read_stage(out_dir: pathlib.Path, columns: Sequence[str] | None = None) -> pa.Table:
     """All of a stage's outputs, concatenated in shard-name order."""
     files = sorted(out_dir.glob("*.parquet"))

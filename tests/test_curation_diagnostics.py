@@ -353,7 +353,7 @@ def test_no_embeddings_is_a_reported_skip(tmp_path):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ("no_manifest", r"manifest\.parquet: not found"),
+        ("no_manifest", r"no manifest: expected .*manifest\.parquet"),
         ("no_classes", r"classes\.tsv: not found"),
         ("no_text_score", r"missing column 'text_score'"),
         ("bad_depth", r"classes\.tsv:3: field 'depth'"),
@@ -409,7 +409,7 @@ def test_command_line_error_exits_2(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2
-    assert re.search(r"^error: .*manifest\.parquet: not found", result.stderr, re.M)
+    assert re.search(r"^error: no manifest: expected .*manifest\.parquet", result.stderr, re.M)
 
 
 def _jpeg(rng) -> bytes:
