@@ -158,3 +158,16 @@ def test_unknown_stage_is_a_one_line_error(tmp_path):
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: config.stages: unknown")
+
+
+def test_curation_never_imports_jax():
+    """The PyTorch side stays apart from the JAX side (DESIGN: curation never imports jax)."""
+    stages = ", ".join(f"curation.{s}" for s in ("run", "configs.base", "tiny", "testing"))
+    code = (
+        f"import sys, {stages}\n"
+        "roots = {m.split('.')[0] for m in sys.modules}\n"
+        "bad = sorted(roots & {'jax', 'flax', 'imagenot_jax'})\n"
+        "assert not bad, bad"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
