@@ -8,9 +8,7 @@ see one row per class: they rank the classes that have enough eligible images, k
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
 import pathlib
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -170,9 +168,7 @@ def write_classes_tsv(path: pathlib.Path, columns: Mapping[str, Sequence[object]
     names = list(columns)
     rows = zip(*(columns[n] for n in names), strict=True)
     lines = ["\t".join(names)] + ["\t".join(_cell(v) for v in row) for row in rows]
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    files.write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def classes_columns(
@@ -241,8 +237,8 @@ def image_counts(columns: Mapping[str, Sequence[int]], per_class: int) -> dict:
 
 def write_report(report: Mapping, workdir: pathlib.Path) -> None:
     """W/select_report.json and a readable W/select_report.md."""
-    (workdir / "select_report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (workdir / "select_report.md").write_text(_markdown(report))
+    files.write_json(workdir / "select_report.json", report)
+    files.write_text_atomic(workdir / "select_report.md", _markdown(report))
 
 
 def _markdown(report: Mapping) -> str:

@@ -244,10 +244,8 @@ SOURCES = {"images": _Images, "embeddings": _Embeddings}
 
 
 def _save_npy_atomic(array: np.ndarray, path: pathlib.Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    with files.atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
 
 
 class _Scorer:

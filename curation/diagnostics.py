@@ -16,9 +16,7 @@ The stage reads only finished outputs and rewrites all of its own, so a rerun is
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import pathlib
 
 import ml_collections
@@ -188,14 +186,6 @@ def _without_per_class(section: dict) -> dict:
     return {k: v for k, v in section.items() if k != "per_class"}
 
 
-def write_text(path: pathlib.Path, text: str) -> None:
-    """Temporary file + rename, so readers never see a half-written report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     """Writes W/diagnostics/{*.png, report.md, per_class.tsv, summary.json}; returns the summary."""
     cfg = config.diagnostics
@@ -230,11 +220,11 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
             "figures": figures,
         }
     )
-    write_text(out_dir / "per_class.tsv", diagnostics_report.per_class_tsv(results))
-    write_text(
+    files.write_text_atomic(out_dir / "per_class.tsv", diagnostics_report.per_class_tsv(results))
+    files.write_text_atomic(
         out_dir / "report.md", diagnostics_report.markdown(results, comparison, figures, cfg)
     )
-    write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    files.write_json(out_dir / "summary.json", summary)
     for name, r in results.items():
         intra = r["intra"]
         logging.info(

@@ -117,7 +117,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     summary["shards_renamed_now"] = renamed
     _report(summary)
     state_dir.mkdir(parents=True, exist_ok=True)
-    (state_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    files.write_json(state_dir / "summary.json", summary)
     return summary
 
 
@@ -201,7 +201,7 @@ def _write_url_list(
             "to a new folder"
         )
     files.write_parquet_atomic(urls, path)
-    layout_path.write_text(json.dumps(layout) + "\n")
+    files.write_json(layout_path, layout, indent=None)
     return path
 
 
@@ -333,9 +333,7 @@ def rename_shards(images_dir: pathlib.Path, marker_dir: pathlib.Path, names: lis
         stat = (images_dir / f"{name}.tar").stat()
         marker = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, **counts}
         marker_dir.mkdir(parents=True, exist_ok=True)
-        tmp = marker_dir / f".{name}.json.tmp"
-        tmp.write_text(json.dumps(marker) + "\n")
-        os.replace(tmp, marker_dir / f"{name}.json")
+        files.write_json(marker_dir / f"{name}.json", marker, indent=None)
     return len(todo)
 
 
@@ -354,9 +352,9 @@ def _marker(tar: pathlib.Path, marker_dir: pathlib.Path) -> dict | None:
 def rename_members(tar_path: pathlib.Path) -> dict[str, int]:
     """Rewrite a tar with each sample's members named by its .json's manifest_key, streaming one
     sample at a time; atomically replaces the tar. Returns {"images": n, "unnamed": m}."""
-    tmp = tar_path.with_name(f".{tar_path.name}.{os.getpid()}.tmp")
     counts = {"images": 0, "unnamed": 0}
     with (
+        files.atomic_path(tar_path) as tmp,
         tarfile.open(tar_path, "r:") as src,
         tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as dst,
     ):
@@ -371,7 +369,6 @@ def rename_members(tar_path: pathlib.Path) -> dict[str, int]:
                 info.name = key + suffix
                 dst.addfile(info, io.BytesIO(data))
                 counts["images"] += suffix[1:] in ENCODE_FORMATS
-    os.replace(tmp, tar_path)
     return counts
 
 

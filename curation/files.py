@@ -7,12 +7,14 @@ a rerun skips finished shards and a killed run never leaves a half-written or du
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import json
 import os
 import pathlib
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -39,7 +41,9 @@ KINDS: Mapping[str, Callable[[pa.DataType], bool]] = {
     "list": lambda t: pa.types.is_list(t) or pa.types.is_large_list(t),
 }
 _PARQUET_SUFFIX = re.compile(r"(\.[A-Za-z0-9]+)?\.parquet$")
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+# Characters not allowed in shard names and sample keys (they name files); replaced by "_".
+UNSAFE_CHARS = r"[^A-Za-z0-9_.-]"
+_UNSAFE = re.compile(UNSAFE_CHARS)
 
 
 def input_shards(patterns: str | Sequence[str]) -> list[pathlib.Path]:
@@ -77,12 +81,31 @@ def output_path(out_dir: pathlib.Path, shard: pathlib.Path | str) -> pathlib.Pat
     return out_dir / f"{name}.parquet"
 
 
-def write_parquet_atomic(table: pa.Table, path: pathlib.Path) -> None:
-    """Write to a temporary name beside `path`, then rename: readers never see a partial file."""
+@contextlib.contextmanager
+def atomic_path(path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """Yields a temporary name beside `path` to write to; renamed to `path` when the block ends
+    without an error, so readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
+    yield tmp
     os.replace(tmp, path)
+
+
+def write_parquet_atomic(table: pa.Table, path: pathlib.Path) -> None:
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def write_text_atomic(path: pathlib.Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: pathlib.Path, value: Any, **dumps_kwargs) -> None:
+    """Atomic JSON file (indent=2 unless given; numpy scalars and paths as strings)."""
+    dumps_kwargs.setdefault("indent", 2)
+    dumps_kwargs.setdefault("default", str)
+    write_text_atomic(path, json.dumps(value, **dumps_kwargs) + "\n")
 
 
 def pending_shards(shards: Sequence[pathlib.Path], out_dir: pathlib.Path) -> list[pathlib.Path]:

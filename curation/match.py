@@ -68,7 +68,6 @@ COUNTS = (
     "rows",
 )
 _METADATA = b"curation.match"
-_UNSAFE_KEY = r"[^A-Za-z0-9_.-]"
 # Seconds each task sleeps first: lets tests kill a run in the middle. Never set it otherwise.
 DELAY_ENV = "CURATION_MATCH_TEST_DELAY_S"
 
@@ -124,7 +123,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     for shard in files.progress(pending, desc="match: shards", unit="shard"):
         _finish_shard(shard, out_dir, settings)
     summary = _summarize(shards, out_dir, lexicon, config)
-    _write_json(summary, out_dir / "summary.json")
+    files.write_json(out_dir / "summary.json", summary, indent=1)
     logging.info("match: %s", {k: summary[k] for k in (*COUNTS, "samples", "classes_matched")})
     return summary
 
@@ -202,7 +201,7 @@ def _keys(shard: laion.Shard, table: pa.Table, rows: pa.Array, row: pa.Array) ->
             f"{shard.path}: column {shard.columns['id']!r} is null or empty at row {bad} "
             "(config.laion.columns.id must name a column of unique sample ids)"
         )
-    return pc.replace_substring_regex(ids, _UNSAFE_KEY, "_")
+    return pc.replace_substring_regex(ids, files.UNSAFE_CHARS, "_")
 
 
 def _tasks(shard, out_dir, candidates, settings, config) -> list[dict[str, Any]]:
@@ -332,12 +331,6 @@ def _check_unique_keys(keys: pa.Table, id_column: str) -> None:
         raise CurationError(
             f"sample id {key!r} (config.laion.columns.id={id_column!r}) is not unique: {where}"
         )
-
-
-def _write_json(value: Any, path: pathlib.Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=1) + "\n")
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

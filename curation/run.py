@@ -8,14 +8,13 @@ crash or preemption continues the run. `--config.stages=select,download` runs a 
 from __future__ import annotations
 
 import importlib
-import json
 import pathlib
 import time
 
 import ml_collections
 from absl import logging
 
-from curation import cli
+from curation import cli, files
 from curation.configs.base import STAGES
 from curation.errors import CurationError
 
@@ -37,7 +36,7 @@ def stages_to_run(config: ml_collections.ConfigDict) -> list[str]:
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     """Runs the selected stages; returns {stage: summary} (also workdir/run_summary.json)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    files.write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
     summaries = {}
     for name in stages_to_run(config):
         start = time.perf_counter()
@@ -45,7 +44,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         stage = importlib.import_module(f"curation.{name}")
         summaries[name] = stage.run(config, workdir)
         logging.info("curation: stage %s done in %.1f s", name, time.perf_counter() - start)
-    (workdir / "run_summary.json").write_text(json.dumps(summaries, indent=2, default=str) + "\n")
+    files.write_json(workdir / "run_summary.json", summaries)
     return summaries
 
 

@@ -163,7 +163,7 @@ def score_stats(out_dir: pathlib.Path, column: str) -> dict:
 
 def write_summary(out_dir: pathlib.Path, summary: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    files.write_json(out_dir / "summary.json", summary, sort_keys=True)
 
 
 def stage_inputs(in_dir: pathlib.Path, previous_stage: str) -> list[pathlib.Path]:

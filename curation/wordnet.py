@@ -370,17 +370,10 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         candidates_table(nouns, pool, hops, set(imagenet)), out / "candidates.parquet"
     )
     summary = report_lib.build(wn, ctx, steps, reference, imagenet)
-    _write_text_atomic(out / "report.json", json.dumps(summary, indent=2) + "\n")
-    _write_text_atomic(out / "report.md", report_lib.markdown(summary))
+    files.write_json(out / "report.json", summary)
+    files.write_text_atomic(out / "report.md", report_lib.markdown(summary))
     logging.info("%d candidate synsets in %s", len(pool), out / "candidates.parquet")
     return summary
-
-
-def _write_text_atomic(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
