@@ -65,7 +65,7 @@ def make_data(directory: pathlib.Path, n: int, lexicon: dict[str, list[str]]) ->
         directory / "laion", captions, rows_per_shard=ROWS_PER_SHARD, row_group_size=ROW_GROUP
     )
     testing.write_candidates(
-        directory / "work" / match.CANDIDATES, [(w, ms[0], ms) for w, ms in lexicon.items()]
+        directory / "work" / files.CANDIDATES, [(w, ms[0], ms) for w, ms in lexicon.items()]
     )
     print(f"data: {n:,} captions in {len(shards)} shards, {time.perf_counter() - started:.0f} s")
     return {"captions": captions, "shards": shards, "workdir": directory / "work"}
@@ -103,7 +103,7 @@ def naive(captions: list[str], lemmas: list[str]) -> tuple[float, list[set[str]]
 def automaton_finds(lexicon: text.Lexicon, captions: list[str]) -> list[set[str]]:
     caption, lemma = text.find_lemmas(lexicon, pa.array(captions))
     found = [set() for _ in captions]
-    for c, m in zip(caption.tolist(), lexicon.lemmas[lemma].tolist(), strict=True):
+    for c, m in zip(caption.tolist(), lexicon.lemmas.take(lemma).to_pylist(), strict=True):
         found[c].add(m)
     return found
 
@@ -142,10 +142,10 @@ def scenario(directory: pathlib.Path, name: str, synsets: dict[str, list[str]], 
     beside the naive loop on a sample, and the profile of one process."""
     data = make_data(directory, args.captions, synsets)
     started = time.perf_counter()
-    lexicon = match.load_lexicon(data["workdir"] / match.CANDIDATES)  # cached: not timed
+    lexicon = match.load_lexicon(data["workdir"] / files.CANDIDATES)  # cached: not timed
     build_s = time.perf_counter() - started
     sample = data["captions"][: args.naive]
-    naive_s, naive_found = naive(sample, lexicon.lemmas.tolist())
+    naive_s, naive_found = naive(sample, lexicon.lemmas.to_pylist())
     rows = []
     for workers in (int(w) for w in args.workers.split(",")):
         cores = workers or engine.cpu_count()

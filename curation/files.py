@@ -39,8 +39,11 @@ KINDS: Mapping[str, Callable[[pa.DataType], bool]] = {
     "int": pa.types.is_integer,
     "number": lambda t: pa.types.is_integer(t) or pa.types.is_floating(t),
     "list": lambda t: pa.types.is_list(t) or pa.types.is_large_list(t),
+    "id": lambda t: KINDS["text"](t) or pa.types.is_integer(t),  # LAION-5B's SAMPLE_ID: int64
 }
 _PARQUET_SUFFIX = re.compile(r"(\.[A-Za-z0-9]+)?\.parquet$")
+# The wordnet stage's output, which later stages read: one row per candidate class.
+CANDIDATES = pathlib.Path("classes") / "candidates.parquet"
 # Characters not allowed in shard names and sample keys (they name files); replaced by "_".
 UNSAFE_CHARS = r"[^A-Za-z0-9_.-]"
 _UNSAFE = re.compile(UNSAFE_CHARS)
@@ -164,12 +167,36 @@ def check_columns(path: pathlib.Path, schema: pa.Schema, required: Mapping[str, 
             raise CurationError(f"{path}: column {name!r} has type {value_type}, expected {kind}")
 
 
+def read_metadata(path: pathlib.Path) -> pq.FileMetaData:
+    """The parquet footer (schema, row groups), or a one-line error naming the file."""
+    try:
+        return pq.read_metadata(path)
+    except (OSError, pa.ArrowException) as e:
+        raise CurationError(f"{path}: not a readable parquet file ({one_line(e)})") from None
+
+
 def read_schema(path: pathlib.Path) -> pa.Schema:
     """The parquet schema, or a one-line error naming the file."""
-    try:
-        return pq.read_schema(path)
-    except (OSError, pa.ArrowException) as e:
-        raise CurationError(f"{path}: not a readable parquet file ({e})") from None
+    return read_metadata(path).schema.to_arrow_schema()
+
+
+def one_line(error: Exception) -> str:
+    """An exception's message on one line (Arrow's often span several)."""
+    return " ".join(str(error).split())
+
+
+def read_candidates(
+    workdir: pathlib.Path, required: Mapping[str, str], optional: Sequence[str] = ()
+) -> pa.Table:
+    """W/classes/candidates.parquet: the `required` columns (checked, name -> kind) and those of
+    `optional` it has; a one-line error when it is missing or a required column is wrong."""
+    path = workdir / CANDIDATES
+    if not path.is_file():
+        raise CurationError(f"{path}: not found; run the wordnet stage first")
+    schema = read_schema(path)
+    check_columns(path, schema, required)
+    present = [c for c in optional if c in schema.names and c not in required]
+    return pq.read_table(path, columns=[*required, *present])
 
 
 def progress(items: Iterable[T], **kwargs) -> Iterable[T]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import ml_collections
 import pyarrow as pa
@@ -31,10 +31,19 @@ KINDS: Mapping[str, str] = {
     "punsafe": "number",
     "nsfw": "string",
     "similarity": "number",
-    "id": "text",  # or integer (LAION-5B's SAMPLE_ID is int64)
+    "id": "id",  # text or integer (LAION-5B's SAMPLE_ID is int64)
 }
 REQUIRED = ("url", "caption", "width", "height")
 ONE_OF = ("punsafe", "nsfw")  # LAION-5B has punsafe, LAION-400M and Re-LAION have NSFW
+# The match output's fields taken from LAION (role -> type).
+OUTPUT_TYPES: Mapping[str, pa.DataType] = {
+    "url": pa.string(),
+    "width": pa.int64(),
+    "height": pa.int64(),
+    "punsafe": pa.float32(),
+    "nsfw": pa.string(),
+    "similarity": pa.float32(),
+}
 
 
 def defaults() -> ml_collections.ConfigDict:
@@ -75,16 +84,11 @@ class Shard:
 
 def open_shard(path: pathlib.Path, columns: ml_collections.ConfigDict) -> Shard:
     """Checks the file's schema against `config.laion.columns`; one-line error if it fails."""
-    try:
-        metadata = pq.read_metadata(path)
-    except (OSError, pa.ArrowException) as e:
-        raise CurationError(f"{path}: not a readable parquet file ({_one_line(e)})") from None
+    metadata = files.read_metadata(path)
     schema = metadata.schema.to_arrow_schema()
     chosen = resolve_columns(path, schema, columns)
-    checked = {role: column for role, column in chosen.items() if column}
-    if checked.get("id") and pa.types.is_integer(schema.field(checked["id"]).type):
-        del checked["id"]  # an integer id is fine too
-    files.check_columns(path, schema, {column: KINDS[role] for role, column in checked.items()})
+    checked = {column: KINDS[role] for role, column in chosen.items() if column}
+    files.check_columns(path, schema, checked)
     sizes = tuple(metadata.row_group(i).num_rows for i in range(metadata.num_row_groups))
     starts = (0, *itertools.accumulate(sizes))[: len(sizes)]
     return Shard(path, chosen, starts, sizes)
@@ -96,7 +100,7 @@ def resolve_columns(
     """role -> the first of its candidate names present in `schema` (None if none is)."""
     chosen = {}
     for role in KINDS:
-        names = [n.strip() for n in str(columns.get(role, "") or "").split(",") if n.strip()]
+        names = _candidates(columns, role)
         chosen[role] = next((n for n in names if n in schema.names), None)
         if chosen[role] is None and (role in REQUIRED or (role == "id" and names)):
             raise CurationError(
@@ -104,13 +108,17 @@ def resolve_columns(
                 f"(config.laion.columns.{role}; has {', '.join(schema.names)})"
             )
     if not any(chosen[r] for r in ONE_OF):
-        names = [n.strip() for r in ONE_OF for n in str(columns.get(r, "")).split(",")]
-        wanted = " or ".join(repr(n) for n in names if n)
+        wanted = " or ".join(repr(n) for r in ONE_OF for n in _candidates(columns, r))
         raise CurationError(
             f"{path}: missing column {wanted} (config.laion.columns.punsafe/nsfw; "
             f"has {', '.join(schema.names)})"
         )
     return chosen
+
+
+def _candidates(columns: ml_collections.ConfigDict, role: str) -> list[str]:
+    """The column names config.laion.columns.<role> lists (comma-separated; '' or None: none)."""
+    return [n.strip() for n in str(columns.get(role, "") or "").split(",") if n.strip()]
 
 
 def read_row_group(shard: Shard, index: int) -> pa.Table:
@@ -122,44 +130,26 @@ def read_row_group(shard: Shard, index: int) -> pa.Table:
         )
     except (OSError, pa.ArrowException) as e:
         raise CurationError(
-            f"{shard.path}: row group {index} is unreadable ({_one_line(e)})"
+            f"{shard.path}: row group {index} is unreadable ({files.one_line(e)})"
         ) from None
     return table.rename_columns(roles)
 
 
-def standardize(table: pa.Table, roles: Sequence[str]) -> dict[str, pa.Array]:
-    """The match output's LAION fields from a row-group table (roles as column names): url
-    (str), width/height (int64; NaN -> null), punsafe/similarity (float32), nsfw (str); a role
-    the file lacks is all null."""
-    n = len(table)
-    out = {}
-    for role, kind in _OUTPUT_FIELDS.items():
-        values = table.column(role).combine_chunks() if role in roles else None
-        out[role] = pa.nulls(n, _TYPES[kind]) if values is None else _CASTS[kind](values)
-    return out
+def standardize(table: pa.Table) -> dict[str, pa.Array]:
+    """The match output's LAION fields from a row-group table (roles as column names), typed
+    as OUTPUT_TYPES says (text decoded as UTF-8; NaN width/height -> null); a role the file
+    lacks is all null."""
+    return {
+        role: _cast(table.column(role).combine_chunks(), to)
+        if role in table.column_names
+        else pa.nulls(len(table), to)
+        for role, to in OUTPUT_TYPES.items()
+    }
 
 
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())
-
-
-def _to_int(values: pa.Array) -> pa.Array:
-    if pa.types.is_floating(values.type):
+def _cast(values: pa.Array, to: pa.DataType) -> pa.Array:
+    if pa.types.is_string(to):
+        return decode_utf8(values)[0]  # binary too; invalid UTF-8 replaced
+    if pa.types.is_integer(to) and pa.types.is_floating(values.type):
         values = pc.if_else(pc.is_finite(values), values, pa.scalar(None, values.type))
-    return values.cast(pa.int64(), safe=False)
-
-
-_TYPES = {"string": pa.string(), "int": pa.int64(), "float": pa.float32()}
-_CASTS = {
-    "string": lambda v: decode_utf8(v)[0],
-    "int": _to_int,
-    "float": lambda v: v.cast(pa.float32(), safe=False),
-}
-_OUTPUT_FIELDS = {
-    "url": "string",
-    "width": "int",
-    "height": "int",
-    "punsafe": "float",
-    "nsfw": "string",
-    "similarity": "float",
-}
+    return values.cast(to, safe=False)

@@ -10,8 +10,9 @@ the one listed first for the synset). Note that "hot dog" holds the lemma "dog":
 saying "hot dog" matches both synsets, so it is dropped as multi-synset.
 
 Tasks are (input file, row group), run by `curation.engine`; each writes
-W/match/_parts/<shard>.rgNNNNN.parquet atomically, and a shard whose parts are all there is
-concatenated in row-group order into W/match/<shard>.parquet (its parts then deleted). A rerun
+W/match/_parts/<shard>.rgNNNNN.parquet atomically; then each shard's parts are concatenated in
+row-group order into W/match/<shard>.parquet (its parts then deleted), one engine task per
+shard. A rerun
 skips finished shards and finished parts: killing the stage at any point loses at most the
 running tasks. Counts travel in each file's parquet metadata, so summary.json covers shards done
 by earlier runs too.
@@ -38,7 +39,6 @@ from curation import cli, engine, files, laion
 from curation.errors import CurationError
 from curation.text import Found, Lexicon, build_lexicon, decode_utf8, find_lemmas, resolve
 
-CANDIDATES = pathlib.Path("classes") / "candidates.parquet"
 OUT_DIR = "match"
 PARTS_DIR = "_parts"
 SCHEMA = pa.schema(
@@ -105,7 +105,7 @@ def _load_lexicon(path: str, mtime_ns: int, size: int) -> Lexicon:
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     """Matches config.laion.paths against W/classes/candidates.parquet into W/match/."""
     workdir = pathlib.Path(workdir)
-    out_dir, candidates = workdir / OUT_DIR, workdir / CANDIDATES
+    out_dir, candidates = workdir / OUT_DIR, workdir / files.CANDIDATES
     lexicon = load_lexicon(candidates)  # before forking: workers inherit it
     if not str(config.laion.paths).strip():
         raise CurationError("config.laion.paths is empty: give the LAION parquet files (globs)")
@@ -120,8 +120,8 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     errors = [r["error"] for r in results if "error" in r]
     if errors:
         raise CurationError(errors[0])
-    for shard in files.progress(pending, desc="match: shards", unit="shard"):
-        _finish_shard(shard, out_dir, settings)
+    finishing = [dict(shard=s, out_dir=out_dir, settings=settings) for s in pending]
+    engine.run_tasks(finishing, finish_shard, config.engine, desc="match: shards")
     summary = _summarize(shards, out_dir, lexicon, config)
     files.write_json(out_dir / "summary.json", summary, indent=1)
     logging.info("match: %s", {k: summary[k] for k in (*COUNTS, "samples", "classes_matched")})
@@ -173,26 +173,27 @@ def output_table(
     """The output rows (SCHEMA) of resolved matches of one row group (`table`, its columns
     named by role; `captions` decoded)."""
     rows = pa.array(found.caption)
-    fields = laion.standardize(table.take(rows), table.column_names)
+    matched = table.drop_columns(["caption"]).take(rows)  # decoded `captions` replace it
     row = pa.array(found.caption + shard.starts[row_group], pa.int64())
     columns = {
-        "key": _keys(shard, table, rows, row),
-        "wnid": pa.array(lexicon.wnids[found.wnid], pa.string()),
-        "lemma": pa.array(lexicon.lemmas[found.lemma], pa.string()),
+        "key": _keys(shard, matched, row),
+        "wnid": lexicon.wnids.take(found.wnid),
+        "lemma": lexicon.lemmas.take(found.lemma),
         "caption": captions.take(rows),
-        **fields,
+        **laion.standardize(matched),
         "source": pa.repeat(pa.scalar(shard.name), len(rows)),
         "row": row,
     }
     return pa.table([columns[f.name] for f in SCHEMA], schema=SCHEMA)
 
 
-def _keys(shard: laion.Shard, table: pa.Table, rows: pa.Array, row: pa.Array) -> pa.Array:
-    """f"{shard}-{row:09d}", or the id column's values made file-name safe."""
+def _keys(shard: laion.Shard, matched: pa.Table, row: pa.Array) -> pa.Array:
+    """f"{shard}-{row:09d}", or the id column's values made file-name safe (`matched`: the
+    output rows' source rows, `row` their indices in the file)."""
     if not shard.columns["id"]:
         digits = pc.utf8_lpad(row.cast(pa.string()), 9, "0")
         return pc.binary_join_element_wise(f"{shard.name}-", digits, "")
-    ids = table.column("id").take(rows)
+    ids = matched.column("id")
     ids, _ = decode_utf8(ids.cast(pa.string()) if pa.types.is_integer(ids.type) else ids)
     empty = pc.fill_null(pc.equal(ids, ""), True)
     if pc.any(empty).as_py():
@@ -233,15 +234,17 @@ def _part_path(out_dir: pathlib.Path, shard: laion.Shard, index: int) -> pathlib
     return out_dir / PARTS_DIR / f"{shard.name}.rg{index:05d}.parquet"
 
 
-def _finish_shard(shard: laion.Shard, out_dir: pathlib.Path, settings: str) -> None:
-    """Concatenates the shard's parts in row-group order into its output, then deletes them."""
+def finish_shard(task: dict[str, Any]) -> None:
+    """The engine's task once all row groups are done: concatenates the shard's parts in
+    row-group order into its output, then deletes them."""
+    shard, out_dir = task["shard"], task["out_dir"]
     parts = [_part_path(out_dir, shard, i) for i in range(len(shard.sizes))]
     tables = [pq.read_table(p) for p in parts]
     infos = [json.loads(t.schema.metadata[_METADATA]) for t in tables]
     counts = {k: sum(info["counts"][k] for info in infos) for k in COUNTS}
     plain = [t.replace_schema_metadata() for t in tables]
     table = pa.concat_tables(plain) if plain else SCHEMA.empty_table()
-    info = {"counts": counts, "settings": settings}
+    info = {"counts": counts, "settings": task["settings"]}
     files.write_parquet_atomic(
         table.replace_schema_metadata(_metadata(info)), files.output_path(out_dir, shard.name)
     )
@@ -290,17 +293,19 @@ def _finished(shard: laion.Shard, out_dir: pathlib.Path, settings: str) -> bool:
 def _summarize(shards, out_dir: pathlib.Path, lexicon: Lexicon, config) -> dict[str, Any]:
     """Counts over all shards' outputs (this run's and earlier ones')."""
     counts = collections.Counter()
-    per_class = collections.Counter({str(w): 0 for w in lexicon.wnids})
+    per_class = collections.Counter(dict.fromkeys(lexicon.wnids.to_pylist(), 0))
     samples, id_keys = 0, []
     for shard in shards:
-        table = pq.read_table(files.output_path(out_dir, shard.name), columns=["wnid", "row"])
+        # Keys from an id column are unique only if the ids are: those are checked too.
+        keys = ["key", "source"] if shard.columns["id"] else []
+        path = files.output_path(out_dir, shard.name)
+        table = pq.read_table(path, columns=["wnid", "row", *keys])
         counts.update(json.loads(table.schema.metadata[_METADATA])["counts"])
         for item in pc.value_counts(table.column("wnid")).to_pylist():
             per_class[item["values"]] += item["counts"]
         samples += pc.count_distinct(table.column("row")).as_py()
-        if shard.columns["id"]:  # keys from an id column: unique only if the ids are
-            path = files.output_path(out_dir, shard.name)
-            id_keys.append(pq.read_table(path, columns=["key", "source", "row"]))
+        if keys:
+            id_keys.append(table.select(["key", "source", "row"]).replace_schema_metadata())
     if id_keys:
         _check_unique_keys(pa.concat_tables(id_keys), config.laion.columns.id)
     return {

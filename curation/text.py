@@ -135,8 +135,8 @@ class Lexicon:
     list), and `synset_lemma[synset_ptr[w] + rank]` is the lemma id back.
     """
 
-    wnids: np.ndarray  # str, candidates order
-    lemmas: np.ndarray  # str, normalized, by lemma id
+    wnids: pa.Array  # string, candidates order: `wnids.take(synset ids)`
+    lemmas: pa.Array  # string, normalized, by lemma id: `lemmas.take(lemma ids)`
     lengths: np.ndarray  # int64, characters of each lemma
     longest: int  # lengths.max()
     rank_bits: int  # bits of the largest rank
@@ -176,8 +176,8 @@ def build_lexicon(wnids: list[str], lemma_lists: list[list[str]]) -> Lexicon:
         automaton.add_word(f" {lemma} ", index)
     automaton.make_automaton()
     return Lexicon(
-        wnids=np.array(wnids, dtype=object),
-        lemmas=np.array(list(ids), dtype=object),
+        wnids=pa.array(wnids, pa.string()),
+        lemmas=pa.array(list(ids), pa.string()),
         lengths=np.array([len(m) for m in ids], np.int64),
         longest=max(map(len, ids), default=0),
         rank_bits=int(pair[:, 2].max(initial=0)).bit_length(),

@@ -47,8 +47,8 @@ def _workdir(fixture: testing.LaionFixture) -> pathlib.Path:
 
 
 def _copy_candidates(fixture: testing.LaionFixture, workdir: pathlib.Path) -> pathlib.Path:
-    workdir.joinpath(match.CANDIDATES).parent.mkdir(parents=True)
-    workdir.joinpath(match.CANDIDATES).write_bytes(fixture.candidates.read_bytes())
+    workdir.joinpath(files.CANDIDATES).parent.mkdir(parents=True)
+    workdir.joinpath(files.CANDIDATES).write_bytes(fixture.candidates.read_bytes())
     return workdir
 
 
@@ -119,7 +119,7 @@ def test_find_lemmas_whole_words_overlapping_and_multi_word():
     lexicon = text.build_lexicon(["n1", "n2", "n3"], [["hot dog", "hotdog"], ["dog"], ["a b"]])
     captions = pa.array(["Hot-Dog!", "hotdogs dog", "A B A B", None, "dogdog"])
     caption, lemma = text.find_lemmas(lexicon, captions)
-    found = sorted(zip(caption.tolist(), lexicon.lemmas[lemma].tolist(), strict=True))
+    found = sorted(zip(caption.tolist(), lexicon.lemmas.take(lemma).to_pylist(), strict=True))
     assert found == [(0, "dog"), (0, "hot dog"), (1, "dog"), (2, "a b"), (2, "a b")]
 
 
@@ -128,17 +128,23 @@ def test_resolve_keeps_longest_lemma_and_drops_multi_synset():
         ["n1", "n2", "n3"], [["car", "cab", "motor car"], ["bank"], ["bank", "depository"]]
     )
     caption = np.array([0, 0, 0, 1, 2, 2])
-    lemma = np.array([lexicon.lemmas.tolist().index(m) for m in
+    lemma = np.array([lexicon.lemmas.to_pylist().index(m) for m in
                       ["cab", "car", "motor car", "bank", "cab", "car"]])  # fmt: skip
     kept = text.resolve(lexicon, caption, lemma, drop_multi_synset=True)
     assert (kept.matched, kept.multi) == (3, 1)
     rows = list(
-        zip(kept.caption, lexicon.wnids[kept.wnid], lexicon.lemmas[kept.lemma], strict=True)
+        zip(
+            kept.caption,
+            lexicon.wnids.take(kept.wnid).to_pylist(),
+            lexicon.lemmas.take(kept.lemma).to_pylist(),
+            strict=True,
+        )
     )
     # Caption 2: "car" and "cab" tie in length: the one listed first for the synset wins.
     assert rows == [(0, "n1", "motor car"), (2, "n1", "car")]
     everything = text.resolve(lexicon, caption, lemma, drop_multi_synset=False)
-    assert list(zip(everything.caption, lexicon.wnids[everything.wnid], strict=True)) == [
+    wnids = lexicon.wnids.take(everything.wnid).to_pylist()
+    assert list(zip(everything.caption, wnids, strict=True)) == [
         (0, "n1"), (1, "n2"), (1, "n3"), (2, "n1")
     ]  # fmt: skip
 
@@ -246,11 +252,15 @@ def test_resume_after_kill_equals_one_run(fixture, tmp_path, monkeypatch):
     assert list(parts.glob("*.parquet")), "no part written before the kill"
     assert not (workdir / "match" / "summary.json").exists()
 
-    ran = []
+    ran = []  # row-group tasks per run (shards are finished by a second call)
     run_tasks = engine.run_tasks
-    monkeypatch.setattr(
-        engine, "run_tasks", lambda t, *a, **k: ran.append(len(t)) or run_tasks(t, *a, **k)
-    )
+
+    def counting(tasks, fn, *args, **kwargs):
+        if fn is match.match_row_group:
+            ran.append(len(tasks))
+        return run_tasks(tasks, fn, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "run_tasks", counting)
     summary = match.run(_config(fixture.paths, workers=2), workdir)
     assert 0 < ran[0] < 4  # only the row groups not done before the kill
     output = _output(workdir)
@@ -267,7 +277,7 @@ def test_parts_of_an_older_input_file_are_redone_and_empty_files_pass(fixture):
     workdir = _workdir(fixture)
     config = _config(fixture.paths)
     info = {"counts": {k: 0 for k in match.COUNTS}, "settings": match._settings(
-        workdir / match.CANDIDATES, config), "input": "0:0"}  # fmt: skip
+        workdir / files.CANDIDATES, config), "input": "0:0"}  # fmt: skip
     stale = match.SCHEMA.empty_table().replace_schema_metadata(match._metadata(info))
     files.write_parquet_atomic(stale, workdir / "match" / "_parts" / "part-00000.rg00000.parquet")
     testing.write_laion_shard(fixture.shards[0].parent / "part-00002.parquet", [])
