@@ -18,7 +18,6 @@ import json
 import os
 import pathlib
 import re
-import string
 import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -103,25 +102,14 @@ def _tars(directory: pathlib.Path) -> list[pathlib.Path]:
     return tars
 
 
-def iter_webdataset_images(
-    directory: pathlib.Path | str,
-) -> Iterator[tuple[str, Image.Image | None]]:
-    """(key, RGB image or None if undecodable) for every image member of the folder's tars."""
-    for path in _tars(pathlib.Path(directory)):
-        with tarfile.open(path) as tar:
-            for member in tar:
-                key = _image_key(member)
-                if key is not None:
-                    yield key, decode_image(tar.extractfile(member).read())
+class ImageIndex:
+    """key -> (tar, data offset, size) over the folder's webdataset shards, from the tar headers
+    only, so that a caller (a parquet shard here, the diagnostics' sample) reads and decodes
+    just the images it wants (in file order) instead of every image. The first copy of a key
+    wins. Plain tuples keep the index small (millions of images)."""
 
-
-class _ImageIndex:
-    """key -> (tar, data offset, size) over all shards, from the tar headers only, so that each
-    parquet shard reads just its own images (in file order) instead of scanning every tar.
-    Plain tuples keep the index small (millions of images)."""
-
-    def __init__(self, directory: pathlib.Path):
-        self.tars = _tars(directory)
+    def __init__(self, directory: pathlib.Path | str):
+        self.tars = _tars(pathlib.Path(directory))
         self.members: dict[str, tuple[int, int, int]] = {}
         for number, path in enumerate(files.progress(self.tars, desc="index images", unit="tar")):
             with tarfile.open(path) as tar:
@@ -131,7 +119,8 @@ class _ImageIndex:
                         self.members.setdefault(key, (number, member.offset_data, member.size))
 
     def load(self, keys: Iterable[str]) -> Iterator[tuple[str, Image.Image | None]]:
-        """(key, image or None) for the keys present, read tar by tar in file order."""
+        """(key, RGB image or None if undecodable) for the keys present, read tar by tar in
+        file order."""
         found = sorted((self.members[k], k) for k in keys if k in self.members)
         for number, group in itertools.groupby(found, key=lambda item: item[0][0]):
             with open(self.tars[number], "rb") as f:
@@ -147,7 +136,7 @@ class _Images:
     """Image embeddings computed with the CLIP image tower from the webdataset shards."""
 
     def __init__(self, section: ml_collections.ConfigDict, workdir: pathlib.Path):
-        self.index = _ImageIndex(pathlib.Path(section.images or workdir / "images"))
+        self.index = ImageIndex(section.images or workdir / "images")
         self.batch_size = section.batch_size
 
     def __call__(
@@ -179,7 +168,7 @@ class _Embeddings:
 
     def __init__(self, section: ml_collections.ConfigDict, workdir: pathlib.Path):
         self.pattern = section.embeddings
-        names = _placeholders(self.pattern)
+        names = text_score.placeholders(self.pattern, "clip_score.embeddings")
         if not self.pattern or not names & {"source", "index"} or names - {"source", "index"}:
             raise CurationError(
                 f"clip_score.embeddings={self.pattern!r}: expected a path pattern with {{source}} "
@@ -229,18 +218,17 @@ class _Embeddings:
         return out
 
 
-def _placeholders(pattern: str) -> set[str]:
-    try:
-        return {f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None}
-    except ValueError as e:
-        raise CurationError(f"clip_score.embeddings={pattern!r}: bad pattern ({e})") from None
-
-
 # source name -> constructor(section, workdir) of table -> [rows, D] image embeddings.
 SOURCES = {"images": _Images, "embeddings": _Embeddings}
 
 
 # --- stage ----------------------------------------------------------------------------------
+
+
+def embeddings_path(parquet: pathlib.Path) -> pathlib.Path:
+    """`<shard>.embeddings.npy` beside a clip_score output `<shard>.parquet`: its rows' image
+    embeddings."""
+    return parquet.with_name(parquet.name.removesuffix(".parquet") + ".embeddings.npy")
 
 
 def _save_npy_atomic(array: np.ndarray, path: pathlib.Path) -> None:
@@ -285,8 +273,8 @@ class _Scorer:
         images = self._source(table, self._clip, self._dim, shard, self.counts)
         scores = text_score.similarity(images, self._texts(texts)[index], normalize=False)
         self.counts.update(rows=len(scores), nan_scores=int(np.isnan(scores).sum()))
-        name = files.shard_name(shard)
-        _save_npy_atomic(images.astype(np.float16), self.out_dir / f"{name}.embeddings.npy")
+        npy = embeddings_path(files.output_path(self.out_dir, shard))
+        _save_npy_atomic(images.astype(np.float16), npy)
         return text_score.with_column(table, "clip_score", scores)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import pathlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import ml_collections
 import numpy as np
@@ -127,14 +127,14 @@ def _tsv_field(path: pathlib.Path, header: list[str], rows: list[list[str]], fie
     return values
 
 
-def _candidate_fields(path: pathlib.Path, wnids: list[str], wanted: list[str]) -> dict[str, list]:
+def _candidate_fields(
+    workdir: pathlib.Path, wnids: list[str], wanted: list[str]
+) -> dict[str, list]:
     """The `wanted` columns that candidates.parquet has, looked up by wnid (None if absent)."""
-    schema = files.read_schema(path)
-    files.check_columns(path, schema, {"wnid": "string"})
-    present = [f for f in wanted if f in schema.names]
+    table = files.read_candidates(workdir, {"wnid": "string"}, optional=wanted).to_pydict()
+    present = [f for f in wanted if f in table]
     if not present:
         return {}
-    table = pq.read_table(path, columns=["wnid", *present]).to_pydict()
     index = {w: i for i, w in enumerate(table["wnid"])}
     rows = [index.get(w) for w in wnids]
     return {f: [None if i is None else table[f][i] for i in rows] for f in present}
@@ -168,10 +168,10 @@ def read_classes(workdir: pathlib.Path, imagenet_labels: str = "") -> ClassInfo:
     for field in CLASS_FIELDS:
         if field in header:
             fields[field], sources[field] = _tsv_field(path, header, rows, field), str(path)
-    candidates = workdir / "classes" / "candidates.parquet"
+    candidates = workdir / files.CANDIDATES
     missing = [f for f in CLASS_FIELDS if fields[f] is None]
     if missing and candidates.is_file():
-        for field, values in _candidate_fields(candidates, wnids, missing).items():
+        for field, values in _candidate_fields(workdir, wnids, missing).items():
             fields[field], sources[field] = values, str(candidates)
     found = None if fields["in_imagenet"] is not None else imagenet_wnids(imagenet_labels)
     if found is not None:
@@ -197,10 +197,10 @@ def sample_images(manifest: pa.Table, cap: int, seed: int) -> tuple[np.ndarray, 
     rng = np.random.default_rng(seed)
     keys = np.asarray(manifest.column("key").to_pylist(), dtype=object)
     order = np.argsort(keys, kind="stable")  # row order of the manifest must not matter
-    groups = group_rows(np.asarray(manifest.column("wnid").to_pylist(), dtype=object)[order])
+    wnids = np.asarray(manifest.column("wnid").to_pylist(), dtype=object)
+    groups = group_rows(wnids[order])
     chosen = [order[subsample(rows, cap, rng)] for rows in groups.values()]
     rows = np.concatenate(chosen) if chosen else np.zeros(0, dtype=np.int64)
-    wnids = np.asarray(manifest.column("wnid").to_pylist(), dtype=object)
     return keys[rows], wnids[rows]
 
 
@@ -211,10 +211,9 @@ def _clip_score_source(
     to several classes has one image). Returns (embeddings, found mask, what is missing
     when nothing is there)."""
     del config
-    pairs = [
-        (p, p.with_name(p.name.removesuffix(".parquet") + ".embeddings.npy"))
-        for p in sorted((workdir / "clip_score").glob("*.parquet"))
-    ]
+    from curation.clip_score import embeddings_path  # imports torch: only on this route
+
+    pairs = [(p, embeddings_path(p)) for p in sorted((workdir / "clip_score").glob("*.parquet"))]
     pairs = [(p, npy) for p, npy in pairs if npy.is_file()]
     if not pairs:
         return None, np.zeros(len(keys), bool), f"{workdir / 'clip_score'}/*.embeddings.npy"
@@ -247,8 +246,9 @@ def _images_source(
     workdir: pathlib.Path, keys: np.ndarray, config: ml_collections.ConfigDict
 ) -> tuple[np.ndarray | None, np.ndarray, str]:
     """Encodes the sampled images of W/images/*.tar with the clip_score stage's CLIP model
-    (config.clip_score), in chunks so memory stays bounded. Undecodable images stay 0 (invalid)."""
-    from curation import clip_score  # torch and open_clip load only on this route
+    (config.clip_score). Only the sampled keys are read and decoded (tar header index), and
+    images stream to the model batch by batch. Undecodable images stay 0 (invalid)."""
+    from curation import clip_score  # imports torch: only on this route
 
     images_dir = workdir / "images"
     found = np.zeros(len(keys), bool)
@@ -258,30 +258,23 @@ def _images_source(
         raise CurationError("config.clip_score: missing; diagnostics.embeddings='images' needs it")
     clip = clip_score.load_clip(config.clip_score)
     batch_size = int(config.clip_score.get("batch_size", 64))
-    index = {k: i for i, k in enumerate(keys.tolist())}
-    parts: list[tuple[list[int], np.ndarray]] = []
-    chunk: list[tuple[int, object]] = []
+    index = clip_score.ImageIndex(images_dir)
+    row_of = {k: i for i, k in enumerate(keys.tolist())}  # a repeated key: its last row
+    present = [k for k in row_of if k in index.members]
+    found[[row_of[k] for k in present]] = True
+    decoded: list[int] = []
 
-    def flush() -> None:
-        if chunk:
-            emb = clip_score.encode_images(clip, [im for _, im in chunk], batch_size)
-            parts.append(([i for i, _ in chunk], np.asarray(emb, np.float32)))
-            chunk.clear()
+    def images() -> Iterator[object]:
+        for key, image in index.load(present):
+            if image is not None:
+                decoded.append(row_of[key])
+                yield image
 
-    for key, image in clip_score.iter_webdataset_images(images_dir):
-        i = index.get(key)
-        if i is None or found[i]:
-            continue
-        found[i] = True
-        if image is not None:
-            chunk.append((i, image))
-            if len(chunk) >= 4 * batch_size:  # decoded images wait here: keep it small
-                flush()
-    flush()
-    dim = parts[0][1].shape[1] if parts else 1
-    out = np.zeros((len(keys), dim), np.float16)  # float16 as the clip_score stage stores them
-    for rows, emb in parts:
-        out[rows] = emb
+    emb = clip_score.encode_images(clip, images(), batch_size)
+    # float16, as the clip_score stage stores them; rows without an image stay 0 (invalid)
+    out = np.zeros((len(keys), emb.shape[1] if decoded else 1), np.float16)
+    if decoded:
+        out[decoded] = emb
     return out, found, ""
 
 
@@ -292,12 +285,8 @@ EMBEDDING_SOURCES = {"clip_score": _clip_score_source, "images": _images_source}
 def load_embeddings(
     dataset: Dataset, source: str, config: ml_collections.ConfigDict, cap: int, seed: int
 ) -> Embeddings | str:
-    """Embeddings of a seeded sample of <= cap images per class, or the reason there are none."""
-    if source not in EMBEDDING_SOURCES:
-        raise CurationError(
-            f"config.diagnostics.embeddings: {source!r}, expected one of "
-            f"{', '.join(EMBEDDING_SOURCES)} or '' (skip)"
-        )
+    """Embeddings of a seeded sample of <= cap images per class, or the reason there are none.
+    `source` is a key of EMBEDDING_SOURCES (diagnostics checks the config up front)."""
     keys, wnids = sample_images(dataset.manifest, cap, seed)
     emb, found, missing_input = EMBEDDING_SOURCES[source](dataset.workdir, keys, config)
     if emb is None:

@@ -17,6 +17,7 @@ from matplotlib.figure import Figure
 _DPI = 110
 _SPLIT_ORDER = ("train", "validation", "test")
 _INTRA_SCATTER = "intra-class similarity per class (bars: intervals)"
+_TEXT_SCATTER = "median text score per class (bars: 25-75%)"
 
 
 def _save(figure: Figure, path: pathlib.Path) -> str:
@@ -174,6 +175,10 @@ def _text_figures(out_dir: pathlib.Path, results: dict) -> dict[str, str]:
         "text score",
         "per class: median (line), mean (dots), 25-75% and 5-95% bands",
     )
+    if len(results) == 2:
+        figures["text_scatter"] = _scatter(
+            out_dir, "text_scatter.png", results, "q50", "q25", "q75", "text", _TEXT_SCATTER
+        )
     return figures
 
 
@@ -265,10 +270,5 @@ def figures(out_dir: pathlib.Path, results: dict) -> dict[str, str]:
     for old in out_dir.glob("*.png"):
         old.unlink()
     found = _text_figures(out_dir, results) | _intra_figures(out_dir, results)
-    if len(results) == 2:
-        title = "median text score per class (bars: 25-75%)"
-        found["text_scatter"] = _scatter(
-            out_dir, "text_scatter.png", results, "q50", "q25", "q75", "text", title
-        )
     found |= _class_figures(out_dir, results)
     return {k: v for k, v in found.items() if v}

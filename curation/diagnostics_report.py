@@ -1,6 +1,7 @@
-"""Figures, markdown report and per-class table of the diagnostics stage, built from the
-sections that `curation.diagnostics` computes (`results[name]` = {dataset, text, intra,
-classes}; `comparison` = {text_median, intra} when a second workdir is compared)."""
+"""Markdown report and per-class table of the diagnostics stage, built from the sections that
+`curation.diagnostics` computes (`results[name]` = {dataset, text, intra, classes};
+`comparison` = {text_median, intra} when a second workdir is compared). The report links the
+PNG figures that `curation.diagnostics_plots` draws, by file name."""
 
 from __future__ import annotations
 

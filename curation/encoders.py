@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-import open_clip
 import torch
 import transformers
 from absl import logging
@@ -175,10 +174,6 @@ class ClipModel:
     dtype: torch.dtype
 
 
-# Models that need a preparation step before open_clip knows their name.
-_CLIP_PREPARE: dict[str, Callable[[], None]] = {tiny.CLIP_MODEL: tiny.register_clip}
-# Models whose random initialization is meaningful (seeded test models); others need weights.
-_CLIP_RANDOM_OK = frozenset({tiny.CLIP_MODEL})
 _HF_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 
 
@@ -206,11 +201,13 @@ def _clip_weights(model: str, pretrained: str, fields: tuple[str, str]) -> dict[
     if model.startswith("local-dir:"):
         return {}  # open_clip reads config and weights from that folder.
     if not pretrained:
-        if model in _CLIP_RANDOM_OK:
+        if model == tiny.CLIP_MODEL:  # seeded random weights are the point of this test model
             return {}
         raise CurationError(f"{fields[1]} is empty: give an open_clip tag or a checkpoint file")
     if os.path.isfile(pretrained):
         return {"pretrained": pretrained}
+    import open_clip  # slow to import (~5 s): only when a CLIP model is loaded
+
     tag_cfg = open_clip.get_pretrained_cfg(model, pretrained)
     if not tag_cfg:
         raise CurationError(
@@ -239,7 +236,10 @@ def load_clip_model(
     """open_clip model `model` (built-in name, 'tiny-random' or 'local-dir:PATH') with weights
     `pretrained` (tag in the local cache, checkpoint file, or '' for 'tiny-random');
     `fields` name the two config fields in errors."""
-    _CLIP_PREPARE.get(model, lambda: None)()
+    import open_clip  # slow to import (~5 s): only when a CLIP model is loaded
+
+    if model == tiny.CLIP_MODEL:
+        tiny.register_clip()  # open_clip knows the tiny model's name only once registered
     if model.startswith("hf-hub:"):
         raise CurationError(
             f"{fields[0]}={model!r}: hf-hub models are not loaded (no network); "
@@ -249,8 +249,7 @@ def load_clip_model(
         raise CurationError(f"{fields[0]}={model!r} is not an open_clip model name")
     kwargs = _clip_weights(model, pretrained, fields)
     try:
-        with offline(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(tiny.SEED)  # Identical random weights on every load.
+        with offline(), tiny.seeded():  # identical random weights on every load
             net, _, preprocess = open_clip.create_model_and_transforms(model, **kwargs)
             tokenizer = open_clip.get_tokenizer(model)
     except (RuntimeError, OSError, ValueError, KeyError) as e:

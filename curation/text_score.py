@@ -28,6 +28,7 @@ from absl import logging
 
 from curation import cli, encoders, files
 from curation.errors import CurationError
+from curation.text import decode_utf8
 
 MATCH_COLUMNS = {"key": "string", "wnid": "string", "lemma": "string", "caption": "text"}
 CANDIDATE_COLUMNS = {"wnid": "string", "name": "string", "lemmas": "list", "gloss": "text"}
@@ -67,12 +68,17 @@ def defaults() -> ml_collections.ConfigDict:
 # --- class texts ----------------------------------------------------------------------------
 
 
-def check_template(template: str, field: str) -> None:
-    """One-line error unless `template` is a format string over PLACEHOLDERS."""
+def placeholders(template: str, field: str) -> set[str]:
+    """The {names} of a format string; a one-line error naming `field` when it is not one."""
     try:
-        names = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as e:
         raise CurationError(f"{field}={template!r} is not a format string ({e})") from None
+
+
+def check_template(template: str, field: str) -> None:
+    """One-line error unless `template` is a format string over PLACEHOLDERS."""
+    names = placeholders(template, field)
     unknown = sorted(names - set(PLACEHOLDERS))
     if unknown:
         raise CurationError(
@@ -81,19 +87,11 @@ def check_template(template: str, field: str) -> None:
         )
 
 
-def strings(column: pa.ChunkedArray | pa.Array) -> list[str | None]:
-    """Python strings of a string or binary column (invalid UTF-8 replaced; nulls kept)."""
-    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in column.to_pylist()]
-
-
 def read_classes(workdir: pathlib.Path) -> dict[str, dict[str, str]]:
     """wnid -> the class's template fields, from `W/classes/candidates.parquet`."""
-    path = workdir / "classes" / "candidates.parquet"
-    if not path.is_file():
-        raise CurationError(f"{path}: not found; run the wordnet stage first")
-    files.check_columns(path, files.read_schema(path), CANDIDATE_COLUMNS)
-    table = pq.read_table(path, columns=list(CANDIDATE_COLUMNS))
-    names, glosses = strings(table["name"]), strings(table["gloss"])
+    table = files.read_candidates(workdir, CANDIDATE_COLUMNS)
+    names = decode_utf8(table["name"])[0].to_pylist()
+    glosses = decode_utf8(table["gloss"])[0].to_pylist()
     classes = {}
     for wnid, name, gloss, lemmas in zip(
         table["wnid"].to_pylist(), names, glosses, table["lemmas"].to_pylist(), strict=True
@@ -237,7 +235,7 @@ class _Scorer:
             self.section.class_text,
             shard,
         )
-        captions = strings(table["caption"])
+        captions = decode_utf8(table["caption"])[0].to_pylist()
         valid = np.array([c is not None for c in captions], dtype=bool)
         scores = np.full(len(captions), np.nan, np.float32)
         if valid.any():

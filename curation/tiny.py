@@ -12,13 +12,13 @@ write them to disk so the local-path routes can be tested against the in-process
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-import open_clip
 import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
@@ -69,11 +69,13 @@ def byte_level_tokenizer() -> transformers.PreTrainedTokenizerBase:
     )
 
 
-def _seeded(build: Callable[[], torch.nn.Module]) -> torch.nn.Module:
-    """`build()` under torch.manual_seed(SEED), leaving the caller's random state untouched."""
+@contextlib.contextmanager
+def seeded() -> Iterator[None]:
+    """torch.manual_seed(SEED) inside the block, so random initializations are identical on
+    every build; the caller's random state is restored afterwards."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
-        return build().eval()
+        yield
 
 
 def _roberta(vocab_size: int) -> torch.nn.Module:
@@ -96,7 +98,8 @@ TEXT_MODELS = tuple(_TEXT_ARCHITECTURES)  # Model names the text encoders build 
 def text_model(name: str) -> tuple[torch.nn.Module, transformers.PreTrainedTokenizerBase]:
     """(model in eval mode, tokenizer) of a tiny text model named in TEXT_MODELS."""
     tokenizer = byte_level_tokenizer()
-    model = _seeded(lambda: _TEXT_ARCHITECTURES[name](len(tokenizer)))
+    with seeded():
+        model = _TEXT_ARCHITECTURES[name](len(tokenizer)).eval()
     return model, tokenizer
 
 
@@ -110,6 +113,8 @@ def save_text_model(name: str, directory: pathlib.Path) -> pathlib.Path:
 
 def register_clip() -> None:
     """Make "tiny-random" an open_clip model name (idempotent) via open_clip.add_model_config."""
+    import open_clip  # slow to import (~5 s): only when a CLIP model is used
+
     if CLIP_MODEL in open_clip.list_models():
         return
     folder = pathlib.Path(tempfile.mkdtemp(prefix="tiny_open_clip_"))
@@ -120,8 +125,11 @@ def register_clip() -> None:
 
 def clip_model() -> torch.nn.Module:
     """The seeded tiny open_clip model (random weights, eval mode)."""
+    import open_clip
+
     register_clip()
-    return _seeded(lambda: open_clip.create_model(CLIP_MODEL, pretrained=None))
+    with seeded():
+        return open_clip.create_model(CLIP_MODEL, pretrained=None).eval()
 
 
 def save_clip_checkpoint(path: pathlib.Path) -> pathlib.Path:

@@ -252,7 +252,8 @@ def test_clip_score_from_webdataset_images(workdir, tmp_path):
     names = list(members)
     _write_tar(tmp_path / "images" / "00000.tar", {n: members[n] for n in names[:4]})
     _write_tar(tmp_path / "images" / "00001.tar", {n: members[n] for n in names[4:]})
-    listed = dict(clip_score.iter_webdataset_images(tmp_path / "images"))
+    index = clip_score.ImageIndex(tmp_path / "images")
+    listed = dict(index.load(index.members))
     assert set(listed) == set(keys) - {missing} and listed[corrupt] is None
 
     config = _config()
