@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
 from curation import files
 from curation.errors import CurationError
@@ -61,12 +61,17 @@ def _nan_stat(fn: Callable[[np.ndarray], float], values: np.ndarray) -> float:
 
 
 def class_stats(
-    wnids: np.ndarray, text: np.ndarray, clip: np.ndarray, score: np.ndarray, k: int
+    wnids: Sequence[str],
+    starts: np.ndarray,
+    text: np.ndarray,
+    clip: np.ndarray,
+    score: np.ndarray,
+    k: int,
 ) -> ClassStats:
-    """Statistics per class; rows must be grouped by wnid and sorted best-first within a class
-    (so `[start:start+k]` is the class's top k)."""
-    starts = np.flatnonzero(np.r_[True, wnids[1:] != wnids[:-1]]) if wnids.size else []
-    stops = np.r_[starts[1:], wnids.size] if wnids.size else []
+    """Statistics per class: class `wnids[i]`'s rows start at row `starts[i]` (ascending) and
+    end where the next class starts; rows are sorted best-first within a class (so
+    `[start:start+k]` is the class's top k)."""
+    stops = np.r_[starts[1:], len(text)][: len(starts)]
     names = ("count", "text_score_mean", "text_score_topk_mean", "clip_score_mean")
     names += ("clip_score_topk_mean", "score_topk_mean")
     values = {name: np.empty(len(starts), np.float64) for name in names}
@@ -79,7 +84,7 @@ def class_stats(
         values["clip_score_topk_mean"][i] = _nan_stat(np.mean, clip[top])
         values["score_topk_mean"][i] = _nan_stat(np.mean, score[top])
     values["count"] = values["count"].astype(np.int64)
-    return ClassStats(wnids=tuple(str(wnids[i]) for i in starts), values=values)
+    return ClassStats(wnids=tuple(wnids), values=values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,14 +137,10 @@ def choose_classes(
     )
 
 
-def read_candidates(path: pathlib.Path) -> dict[str, dict[str, object]]:
-    """candidates.parquet -> {wnid: {name, gloss, and the CANDIDATE_EXTRAS it has}}."""
-    if not path.is_file():
-        raise CurationError(f"{path}: not found; run the wordnet stage first")
-    schema = files.read_schema(path)
-    files.check_columns(path, schema, {"wnid": "string", "name": "string", "gloss": "string"})
-    columns = ["wnid", "name", "gloss"] + [c for c in CANDIDATE_EXTRAS if c in schema.names]
-    rows = pq.read_table(path, columns=columns).to_pylist()
+def read_candidates(workdir: pathlib.Path) -> dict[str, dict[str, object]]:
+    """W/classes/candidates.parquet -> {wnid: {name, gloss, and the CANDIDATE_EXTRAS it has}}."""
+    required = {"wnid": "string", "name": "string", "gloss": "string"}
+    rows = files.read_candidates(workdir, required, CANDIDATE_EXTRAS).to_pylist()
     return {row["wnid"]: row for row in rows}
 
 
@@ -198,10 +199,11 @@ def classes_columns(
     columns["matched"] = [int(matched.get(w, 0)) for w in wnids]
     columns["eligible"] = [int(eligible.get(w, 0)) for w in wnids]
     labels = manifest.column("label").to_numpy()
-    split = np.asarray(manifest.column("split").to_pylist(), object)
+    split = manifest.column("split")
     columns["selected"] = np.bincount(labels, minlength=len(wnids)).tolist()
     for name in SPLITS:
-        columns[name] = np.bincount(labels[split == name], minlength=len(wnids)).tolist()
+        mine = np.asarray(pc.equal(split, name), bool)
+        columns[name] = np.bincount(labels[mine], minlength=len(wnids)).tolist()
     for score in ("text_score", "clip_score"):
         values = manifest.column(score).to_numpy(zero_copy_only=False).astype(np.float64)
         for stat, per_class in selected_stats(labels, values, len(wnids)).items():

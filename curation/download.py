@@ -28,7 +28,7 @@ import os
 import pathlib
 import signal
 import tarfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import ml_collections
 import pyarrow as pa
@@ -44,9 +44,7 @@ OOM_SHARD_COUNT = 5  # img2dataset's shard-name width: 00000.tar ... 99999.tar
 RESIZE_MODES = ("no", "keep_ratio", "keep_ratio_largest", "center_crop", "border")
 ENCODE_FORMATS = ("jpg", "png", "webp")  # img2dataset's; the TFDS builder reads all three
 TOP_ERRORS = 20  # error messages listed in the summary
-# img2dataset imports albumentations, whose import checks PyPI for a newer version (a network
-# request, in every worker): off, in this process and the workers, which inherit it.
-WORKER_ENV = engine.WORKER_ENV
+DISTRIBUTORS = ("multiprocessing", "ray")  # img2dataset's distributors that this stage runs
 _STATS_FIELDS = ("count", "successes", "failed_to_download", "failed_to_resize")
 
 
@@ -60,7 +58,9 @@ def defaults() -> ml_collections.ConfigDict:
     # is 'ray', e.g. with --ray_address, else 'multiprocessing'). img2dataset 1.47's ray
     # distributor retries nothing: failed shards show up as incomplete in the summary (rerun).
     c.distributor = ""
-    c.processes = 0  # worker processes (multiprocessing distributor); 0 = os.cpu_count()
+    # Worker processes (multiprocessing distributor); 0 = the cores this process may use (its
+    # CPU affinity, e.g. under taskset or a container's limit).
+    c.processes = 0
     # Download threads per process (img2dataset's default is 256; many threads need a fast
     # local DNS resolver, see img2dataset's README).
     c.threads = 64
@@ -105,15 +105,19 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     num_shards = math.ceil(urls.num_rows / cfg.number_sample_per_shard)
     _forget_broken_shards(images_dir)
     urls_path = _write_url_list(urls, state_dir, images_dir, cfg.number_sample_per_shard)
-    before = set(complete_shards(images_dir))
-    if len(before & set(shard_names(num_shards))) < num_shards:
-        os.environ.update(WORKER_ENV)  # before any worker (process or Ray) starts
+    done = before = complete_shards(images_dir)
+    if len(set(before) & set(shard_names(num_shards))) < num_shards:
+        # img2dataset imports albumentations, whose import checks PyPI for a newer version (a
+        # network request, in every worker): off, here and in the workers, which inherit it.
+        os.environ.update(engine.WORKER_ENV)  # before any worker (process or Ray) starts
         distributor = _distributor(config)
-        _DISTRIBUTOR_SETUP[distributor](config)
+        if distributor == "ray":
+            engine.init_ray((config.get("engine") or {}).get("ray_address") or "")
         _img2dataset(**img2dataset_kwargs(cfg, urls_path, images_dir, distributor))
-    renamed = rename_shards(images_dir, state_dir / "renamed", shard_names(num_shards))
-    summary = summarize(images_dir, state_dir, urls.num_rows, num_shards)
-    summary["shards_downloaded_now"] = len(set(complete_shards(images_dir)) - before)
+        done = complete_shards(images_dir)  # renaming keeps every stats file and tar
+    renamed = rename_shards(images_dir, state_dir / "renamed", shard_names(num_shards), done)
+    summary = summarize(images_dir, state_dir, urls.num_rows, num_shards, done)
+    summary["shards_downloaded_now"] = len(set(done) - set(before))
     summary["shards_renamed_now"] = renamed
     _report(summary)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -250,22 +254,11 @@ def _distributor(config: ml_collections.ConfigDict) -> str:
     if not name:
         engine = config.get("engine") or {}
         name = "ray" if engine.get("name") == "ray" else "multiprocessing"
-    if name not in _DISTRIBUTOR_SETUP:
+    if name not in DISTRIBUTORS:
         raise CurationError(
-            f"config.download.distributor={name!r}; expected one of "
-            f"{', '.join(_DISTRIBUTOR_SETUP)} or ''"
+            f"config.download.distributor={name!r}; expected one of {', '.join(DISTRIBUTORS)} or ''"
         )
     return name
-
-
-def _init_ray(config: ml_collections.ConfigDict) -> None:
-    engine.init_ray((config.get("engine") or {}).get("ray_address") or "")
-
-
-_DISTRIBUTOR_SETUP: Mapping[str, Callable[[ml_collections.ConfigDict], None]] = {
-    "multiprocessing": lambda config: None,
-    "ray": _init_ray,
-}
 
 
 def img2dataset_kwargs(
@@ -285,7 +278,7 @@ def img2dataset_kwargs(
         number_sample_per_shard=cfg.number_sample_per_shard,
         oom_shard_count=OOM_SHARD_COUNT,
         distributor=distributor,
-        processes_count=cfg.processes or os.cpu_count() or 1,
+        processes_count=cfg.processes or engine.cpu_count() or 1,
         thread_count=cfg.threads,
         image_size=cfg.image_size,
         resize_mode=cfg.resize_mode,
@@ -321,11 +314,14 @@ def _img2dataset(**kwargs) -> None:
 # --- renaming members to manifest keys -------------------------------------------------------
 
 
-def rename_shards(images_dir: pathlib.Path, marker_dir: pathlib.Path, names: list[str]) -> int:
-    """Rename the members of every complete, not yet renamed shard; returns how many."""
+def rename_shards(
+    images_dir: pathlib.Path, marker_dir: pathlib.Path, names: list[str], done: Mapping[str, dict]
+) -> int:
+    """Rename the members of every complete (`done`: complete_shards), not yet renamed shard;
+    returns how many."""
     todo = [
         name
-        for name in sorted(complete_shards(images_dir))
+        for name in sorted(done)
         if name in names and _marker(images_dir / f"{name}.tar", marker_dir) is None
     ]
     for name in files.progress(todo, desc="rename members", unit="shard"):
@@ -401,10 +397,14 @@ def _manifest_key(members: list[tuple[tarfile.TarInfo, bytes]]) -> str | None:
 
 
 def summarize(
-    images_dir: pathlib.Path, state_dir: pathlib.Path, rows: int, num_shards: int
+    images_dir: pathlib.Path,
+    state_dir: pathlib.Path,
+    rows: int,
+    num_shards: int,
+    done: Mapping[str, dict],
 ) -> dict:
-    """Counts over all complete shards (this run's and earlier ones) from img2dataset's stats."""
-    done = complete_shards(images_dir)
+    """Counts over all complete shards (`done`: complete_shards, this run's and earlier ones)
+    from img2dataset's stats."""
     names = [n for n in shard_names(num_shards) if n in done]
     stats = [done[n] for n in names]
     errors = collections.Counter()

@@ -164,12 +164,14 @@ def _assign_splits(chosen: pa.Table, labels: np.ndarray, s: Settings) -> np.ndar
     return out
 
 
-def by_class(table: pa.Table) -> tuple[pa.Table, np.ndarray]:
-    """Rows grouped by wnid, best first within a class, and each row's rank in its class."""
+def by_class(table: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """Rows grouped by wnid, best first within a class; each row's rank in its class; and the
+    first row of each class (ascending)."""
     table = table.take(_sort(table, "wnid"))
     first_of = np.flatnonzero(_group_starts(table.column("wnid").combine_chunks()))
     sizes = np.diff(np.r_[first_of, table.num_rows])
-    return table, np.arange(table.num_rows, dtype=np.int64) - np.repeat(first_of, sizes)
+    rank = np.arange(table.num_rows, dtype=np.int64) - np.repeat(first_of, sizes)
+    return table, rank, first_of
 
 
 def choose_images(
@@ -189,9 +191,9 @@ def choose_images(
     final = np.lexsort((rank, split, labels))
     manifest = chosen.take(pa.array(final)).drop_columns(["_neg_score", "_tie"])
     manifest = attach_late(manifest, paths)
-    split_names = [class_stats.SPLITS[i] for i in split[final]]
+    split_names = pa.array(class_stats.SPLITS, pa.string()).take(pa.array(split[final]))
     manifest = manifest.append_column("label", pa.array(labels[final]))
-    manifest = manifest.append_column("split", pa.array(split_names, pa.string()))
+    manifest = manifest.append_column("split", split_names)
     manifest = manifest.append_column("rank", pa.array(rank[final]))
     caption = pc.fill_null(manifest.column("caption"), "")  # null caption: empty text
     manifest = manifest.set_column(manifest.schema.get_field_index("caption"), "caption", caption)
@@ -205,17 +207,18 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     """Writes W/manifest.parquet, W/classes.tsv, W/select_report.{json,md}; returns the report."""
     s = read_settings(config)
     stage = "clip_score" if s.clip else "text_score"
-    candidates = class_stats.read_candidates(workdir / "classes" / "candidates.parquet")
+    candidates = class_stats.read_candidates(workdir)
     filtered = read_filtered(workdir / stage, s)
     for name, count in filtered.counts.items():
         logging.info(
             "select: filter %-10s dropped %d of %d rows", name, count.dropped, count.rows_in
         )
     table, dups = _deduplicate(_with_order_columns(filtered.table, s), s)
-    ordered, rank = by_class(table)
+    ordered, rank, starts = by_class(table)
     score = -column(ordered, "_neg_score")
     stats = class_stats.class_stats(
-        np.asarray(ordered.column("wnid").to_pylist(), object),
+        ordered.column("wnid").take(pa.array(starts)).to_pylist(),
+        starts,
         column(ordered, "text_score"),
         column(ordered, "clip_score"),
         np.where(np.isinf(score), np.nan, score),  # back from "no score ranks last"
@@ -294,7 +297,7 @@ def _check_choice(choice: class_stats.ClassChoice, s: Settings, candidates: Mapp
     unknown = [w for w in choice.chosen if w not in candidates]
     if unknown:
         raise CurationError(
-            f"classes/candidates.parquet lacks chosen wnid(s) {unknown[:5]}; "
+            f"{files.CANDIDATES} lacks chosen wnid(s) {unknown[:5]}; "
             "rerun the wordnet stage, or match with its candidates"
         )
 

@@ -311,12 +311,16 @@ def attach_late(table: pa.Table, paths: Sequence[pathlib.Path]) -> pa.Table:
     file_of = table.column("_file").to_numpy()
     row_of = table.column("_row").to_numpy()
     order = np.argsort(file_of, kind="stable")  # rows grouped by file
+    file_sorted, row_sorted = file_of[order], row_of[order]
+    indices = np.unique(file_sorted)
+    starts = np.searchsorted(file_sorted, indices, side="left")
+    stops = np.searchsorted(file_sorted, indices, side="right")
     parts: dict[str, list[pa.Array]] = {name: [] for name in LATE}
-    for index in np.unique(file_of):
+    for index, start, stop in zip(indices, starts, stops, strict=True):
         path = paths[index]
         present = [n for n in LATE if n in files.read_schema(path).names]
         source = pq.read_table(path, columns=present)
-        rows = pa.array(row_of[order][file_of[order] == index])
+        rows = pa.array(row_sorted[start:stop])
         for name in LATE:
             taken = _cast(path, source, name, name in present).take(rows)
             parts[name].extend(taken.chunks)

@@ -273,11 +273,6 @@ def imagenet_wnids(cfg: ml_collections.ConfigDict) -> list[str]:
     return read_wnids(imagenet_labels_path(cfg), "wordnet.imagenet_labels")
 
 
-# The graph functions the select stage uses, also reachable as curation.wordnet.<name>.
-spread = rules.spread
-hops_to = rules.hops_to
-wnid_of = rules.wnid_of
-
 # --- the stage -----------------------------------------------------------------------------
 
 # wordnet.classes -> the universe of synsets to choose from; any other value is a WNID file.

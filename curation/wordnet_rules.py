@@ -5,7 +5,8 @@ pointers count too (instance_hypernyms/instance_hyponyms), because an instance (
 person, a war) hangs below its class only through them: without them instances would be
 infinitely far from everything, and "Paris" would never count as close to "national capital".
 The distance of two synsets is the fewest such links between them, so with 2 hops siblings and
-grandparents are within reach. `hops_to`, `spread` and the ImageNet exclusion all use it.
+grandparents are within reach. `Graph.distances` gives it; `spread` and the ImageNet
+exclusion use it.
 
 Rules run in the order of `RULES`, each on the pool (wnid -> lemmas) that the previous one left,
 and each is counted (synsets and lemmas in and out, and how many reference WNIDs survive).
@@ -97,14 +98,6 @@ def noun_synsets(wn: WordNetCorpusReader) -> dict[str, Synset]:
     """Every noun synset by WNID, in WordNet (offset) order; 82,115 in WordNet 3.0."""
     synsets = files.progress(wn.all_synsets("n"), desc="WordNet nouns", unit="synset")
     return {wnid_of(s): s for s in synsets}
-
-
-def hops_to(
-    wn: WordNetCorpusReader, wnids: Iterable[str], targets: Iterable[str], max_hops: int
-) -> dict[str, int | None]:
-    """Each wnid -> links to the nearest target (0: it is one), None if more than `max_hops`."""
-    dist = graph(wn).distances(targets, max_hops)
-    return {w: dist.get(w) for w in wnids}
 
 
 def spread(wn: WordNetCorpusReader, ranked_wnids: Sequence[str], hops: int) -> list[str]:
