@@ -11,8 +11,8 @@ Recipe:   Salaudeen & Hardt, "ImageNot" (arXiv 2404.02112), section 3: WordNet 3
           captions match best; ~1,000 images per class. Where the paper leaves a choice open
           (ambiguous lemmas, NSFW and size filters, class ranking statistic, split sizes) the
           defaults are ours and documented at the field, in each stage's `defaults()`.
-Hardware: match is CPU-only: 3-7 us per caption per core (benchmarks/BENCHMARKS.md), so the
-          2.3B captions of LAION-2B-en take 2-4 core-hours, minutes on a Ray cluster;
+Hardware: match is CPU-only: 4-9 us per caption per core (benchmarks/BENCHMARKS.md), so the
+          2.3B captions of LAION-2B-en take 3-6 core-hours, minutes on a Ray cluster;
           text_score runs RoBERTa-large on GPU (set text_score.dtype=bfloat16 there).
 Expected: the wordnet stage keeps 60,270 of 82,115 noun synsets as candidates; of the released
           ImageNot class list (pass it as wordnet.reference_classes for the report) all 1,000
