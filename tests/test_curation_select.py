@@ -15,30 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation import files, select
+from curation import files, match, select
 from curation.errors import CurationError
 from curation.select_rows import seeded_hash
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 A, B, C, D = "n00000001", "n00000002", "n00000003", "n00000004"
-# contract column -> arrow type of the match/text_score outputs
-SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("wnid", pa.string()),
-        ("lemma", pa.string()),
-        ("url", pa.string()),
-        ("caption", pa.string()),
-        ("width", pa.int64()),
-        ("height", pa.int64()),
-        ("punsafe", pa.float32()),
-        ("nsfw", pa.string()),
-        ("similarity", pa.float32()),
-        ("source", pa.string()),
-        ("row", pa.int64()),
-        ("text_score", pa.float32()),
-    ]
-)
+# The text_score output: match's columns plus the score.
+SCHEMA = match.SCHEMA.append(pa.field("text_score", pa.float32()))
 
 
 def row(key: str, wnid: str, score: float, **fields) -> dict:
