@@ -53,7 +53,7 @@ $(VENV)/.core: pyproject.toml constraints.txt | $(PY)
 # Tests also need the curation extra: models, optimizers, schedules, EMA and mixing are checked
 # against torch/torchvision on the spot (regular wheels, several GB, but they run on CPU).
 $(VENV)/.test: pyproject.toml constraints.txt $(VENV)/.core
-	$(INSTALL) -e '.[train,data,dev,curation]'
+	$(INSTALL) -e '.[train,data,dev,curation,compile]'
 	@touch $@
 
 # Installs the Debian packages of a list (file that proves it is installed:package) when root,
