@@ -16,7 +16,7 @@ TEST_WORKERS ?= 2
 DEBIAN_PACKAGES := /usr/share/wordnet/data.noun:wordnet-base \
 	/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz:dataset-fashion-mnist
 
-.PHONY: demo test test-slow lint bench bench-curation system-deps test-system-deps clean
+.PHONY: demo test test-slow lint bench bench-curation bench-compile system-deps test-system-deps clean
 
 demo: $(VENV)/.core system-deps
 	$(PY) -m imagenot_jax.demo --config configs/demo.py --data_dir "$(TFDS_DATA_DIR)" \
@@ -38,6 +38,11 @@ bench: $(VENV)/.test system-deps bench-curation
 
 bench-curation: $(VENV)/.test system-deps
 	$(PY) -m benchmarks.curation_match
+
+# Every study recipe compiled for H100, H200 and TPU slices without them (hours on 2 cores the
+# first time; finished cells are cached in benchmarks/target_compile.json, so it resumes).
+bench-compile: $(VENV)/.test
+	$(PY) -m benchmarks.target_compile --write
 
 $(PY):
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed"' \
