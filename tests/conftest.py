@@ -13,23 +13,14 @@ with contextlib.suppress(ImportError):  # Before TensorFlow: TF-then-torch abort
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
+# Tests run on the CPU. The `compile` extra's CUDA plugin and libtpu (deviceless compiles, see
+# benchmarks/compile_targets.py) would otherwise be probed at start-up: no CUDA libraries, no
+# TPU metadata server, and libtpu's one-process lock would stop the second xdist worker.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import pytest
-
-
-def _skip_unshown_tracer_messages() -> None:
-    """Flax's Variable.set_value probes `getattr(value, "sharding", None)`; on a tracer, JAX
-    builds the AttributeError's message by searching the whole trace so far, so building a model
-    abstractly (nnx.eval_shape) is quadratic in its size: resnet152 2.5 s -> 0.6 s, densenet201
-    4.2 s -> 0.9 s without it. getattr's default swallows the message, so tests skip building
-    it. (Only JAX's "the error occurred while tracing ..." hint is lost from real errors.)"""
-    with contextlib.suppress(ImportError, AttributeError):
-        from jax._src.interpreters import partial_eval
-
-        partial_eval.DynamicJaxprTracer._origin_msg = lambda self: ""
-
-
-_skip_unshown_tracer_messages()
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -5,6 +5,7 @@ this package imports every family module so the registry is complete.
 """
 
 from imagenot_jax.models.registry import get_model, list_models, register_model
+from imagenot_jax.models.tracing import install_cheap_tracer_sharding
 
 __all__ = ["get_model", "list_models", "register_model"]
 
@@ -20,3 +21,6 @@ from imagenot_jax.models import (  # noqa: F401
     vgg,
     vit,
 )
+
+# Linear-time model builds and step traces with flax 0.12 (see models/tracing.py).
+install_cheap_tracer_sharding()

@@ -32,6 +32,7 @@ from imagenot_jax.models.torch_nn import (
     Sequential,
     StochasticDepth,
     flatten_nchw,
+    remat_block,
 )
 
 # torchvision's ConvNeXt init: nn.init.trunc_normal_(w, std=0.02) for every Conv2d and Linear
@@ -153,6 +154,7 @@ class CNBlock(nnx.Module):
         self.layer_scale = nnx.Param(jnp.full((dim,), layer_scale, param_dtype))
         self.stochastic_depth = StochasticDepth(stochastic_depth_prob, rngs=rngs)
 
+    @remat_block
     def __call__(self, x: jax.Array) -> jax.Array:
         result = self.layer_scale[...].astype(x.dtype) * self.block(x)
         result = self.stochastic_depth(result)

@@ -22,6 +22,7 @@ from flax import nnx
 
 from imagenot_jax.models.layers import BatchNorm, linear_kernel_init, torch_conv
 from imagenot_jax.models.registry import register_model
+from imagenot_jax.models.torch_nn import remat_block
 
 # torch.nn.init.kaiming_normal_(w) with its defaults (mode="fan_in", a=0 -> gain^2 = 2):
 # N(0, 2 / fan_in), fan_in = in_channels * kh * kw (jax reads the same fan from an HWIO kernel).
@@ -58,6 +59,7 @@ class DenseLayer(nnx.Module):
         # no RNG state (and no unused submodule).
         self.dropout = nnx.Dropout(drop_rate, rngs=rngs) if drop_rate > 0 else None
 
+    @remat_block
     def __call__(self, features: Sequence[jax.Array]) -> jax.Array:
         x = jnp.concatenate(features, axis=-1) if len(features) > 1 else features[0]
         x = self.conv1(nnx.relu(self.norm1(x)))

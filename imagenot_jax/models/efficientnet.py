@@ -24,6 +24,7 @@ from imagenot_jax.models.torch_nn import (
     AdaptiveAvgPool2d,
     Sequential,
     StochasticDepth,
+    remat_block,
 )
 
 
@@ -148,6 +149,7 @@ class _ResidualBlock(nnx.Module):
     use_res_connect: bool
     stochastic_depth: StochasticDepth
 
+    @remat_block
     def __call__(self, x: jax.Array) -> jax.Array:
         result = self.block(x)
         if self.use_res_connect:

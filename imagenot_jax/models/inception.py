@@ -21,7 +21,7 @@ from flax import nnx
 
 from imagenot_jax.models.layers import BatchNorm, torch_bias_init, torch_conv
 from imagenot_jax.models.registry import register_model
-from imagenot_jax.models.torch_nn import AdaptiveAvgPool2d, MaxPool2d
+from imagenot_jax.models.torch_nn import AdaptiveAvgPool2d, MaxPool2d, remat_block
 
 # transform_input: maps an ImageNet-normalised input ((x - mean) / std) to the (x - 0.5) / 0.5
 # normalisation Google's ported weights were trained with, per RGB channel: x * scale + shift.
@@ -112,6 +112,7 @@ class InceptionA(nnx.Module):
         self.branch3x3dbl_3 = BasicConv2d(96, 96, 3, padding=1, **kw)
         self.branch_pool = BasicConv2d(in_channels, pool_features, 1, **kw)
 
+    @remat_block
     def __call__(self, x: jax.Array) -> jax.Array:
         b1 = self.branch1x1(x)
         b5 = self.branch5x5_2(self.branch5x5_1(x))
@@ -129,6 +130,7 @@ class InceptionB(nnx.Module):
         self.branch3x3dbl_2 = BasicConv2d(64, 96, 3, padding=1, **kw)
         self.branch3x3dbl_3 = BasicConv2d(96, 96, 3, stride=2, **kw)
 
+    @remat_block
     def __call__(self, x: jax.Array) -> jax.Array:
         b3 = self.branch3x3(x)
         b3dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
@@ -152,6 +154,7 @@ class InceptionC(nnx.Module):
         self.branch7x7dbl_5 = BasicConv2d(c7, 192, (1, 7), **row, **kw)
         self.branch_pool = BasicConv2d(in_channels, 192, 1, **kw)
 
+    @remat_block
     def __call__(self, x: jax.Array) -> jax.Array:
         b1 = self.branch1x1(x)
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
@@ -172,6 +175,7 @@ class InceptionD(nnx.Module):
         self.branch7x7x3_3 = BasicConv2d(192, 192, (7, 1), padding=(3, 0), **kw)
         self.branch7x7x3_4 = BasicConv2d(192, 192, 3, stride=2, **kw)
 
+    @remat_block
     def __call__(self, x: jax.Array) -> jax.Array:
         b3 = self.branch3x3_2(self.branch3x3_1(x))
         b7 = self.branch7x7x3_2(self.branch7x7x3_1(x))
@@ -194,6 +198,7 @@ class InceptionE(nnx.Module):
         self.branch3x3dbl_3b = BasicConv2d(384, 384, (3, 1), **col, **kw)
         self.branch_pool = BasicConv2d(in_channels, 192, 1, **kw)
 
+    @remat_block
     def __call__(self, x: jax.Array) -> jax.Array:
         b1 = self.branch1x1(x)
         b3 = self.branch3x3_1(x)

@@ -19,7 +19,7 @@ from flax import nnx
 
 from imagenot_jax.models.layers import BatchNorm, make_divisible, torch_conv
 from imagenot_jax.models.registry import register_model
-from imagenot_jax.models.torch_nn import Activation, Sequential
+from imagenot_jax.models.torch_nn import Activation, Sequential, remat_block
 
 
 @dataclass(frozen=True)
@@ -133,6 +133,7 @@ class InvertedResidual(nnx.Module):
         layers.append(conv_norm_activation(cnf.expanded_channels, cnf.out_channels, 1, None, **kw))
         self.block = Sequential(layers)
 
+    @remat_block
     def __call__(self, x: jax.Array) -> jax.Array:
         out = self.block(x)
         return out + x if self.use_res_connect else out

@@ -12,6 +12,8 @@ from typing import Any, TypeVar
 import jax.numpy as jnp
 from flax import nnx
 
+from imagenot_jax.models.torch_nn import set_remat
+
 ModelFn = TypeVar("ModelFn", bound=Callable[..., nnx.Module])
 
 _REGISTRY: dict[str, Callable[..., nnx.Module]] = {}
@@ -38,12 +40,15 @@ def get_model(
     dtype: Any = jnp.float32,
     param_dtype: Any = jnp.float32,
     rngs: nnx.Rngs,
+    remat: bool = False,
     **kwargs: Any,
 ) -> nnx.Module:
     """Builds the registered model `name`.
 
     `dtype` is the compute dtype (e.g. bf16), `param_dtype` the storage dtype of the parameters;
-    extra keyword arguments go to the builder (e.g. `zero_init_residual=True`).
+    extra keyword arguments go to the builder (e.g. `zero_init_residual=True`). `remat=True`
+    recomputes each residual/dense/inception/transformer block's activations in the backward
+    pass (torch_nn.remat_block): less activation memory, the same function and parameters.
     """
     try:
         fn = _REGISTRY[name]
@@ -51,4 +56,7 @@ def get_model(
         raise ValueError(
             f"unknown model {name!r}; expected one of: {', '.join(list_models())}"
         ) from None
-    return fn(num_classes=num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **kwargs)
+    model = fn(num_classes=num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **kwargs)
+    if remat:
+        set_remat(model)
+    return model

@@ -18,7 +18,7 @@ from flax import nnx
 
 from imagenot_jax.models.layers import BatchNorm, torch_conv, torch_linear
 from imagenot_jax.models.registry import register_model
-from imagenot_jax.models.torch_nn import Sequential
+from imagenot_jax.models.torch_nn import Sequential, remat_block
 
 
 class BasicBlock(nnx.Module):
@@ -51,6 +51,7 @@ class BasicBlock(nnx.Module):
         """Makes the block start as the identity (torchvision's zero_init_residual)."""
         self.bn2.scale[...] = jnp.zeros_like(self.bn2.scale[...])
 
+    @remat_block
     def __call__(self, x: jax.Array) -> jax.Array:
         out = nnx.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
@@ -88,6 +89,7 @@ class Bottleneck(nnx.Module):
         """Makes the block start as the identity (torchvision's zero_init_residual)."""
         self.bn3.scale[...] = jnp.zeros_like(self.bn3.scale[...])
 
+    @remat_block
     def __call__(self, x: jax.Array) -> jax.Array:
         out = nnx.relu(self.bn1(self.conv1(x)))
         out = nnx.relu(self.bn2(self.conv2(out)))

@@ -8,7 +8,9 @@ so weights load by name (torch_weights.load_torch_state_dict) without per-family
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +42,37 @@ class Activation(nnx.Module):
 
 def ReLU() -> Activation:  # named like torch's nn.ReLU(), for the layer lists
     return Activation("relu")
+
+
+def remat_block(call: Callable[..., Any]) -> Callable[..., Any]:
+    """Marks a block's `__call__` for optional rematerialisation (`get_model(..., remat=True)`).
+
+    With the block's `remat` flag set (by `set_remat`), the call runs under `nnx.remat`
+    (jax.checkpoint): the backward pass recomputes the block's activations instead of keeping
+    them, trading compute for memory. The function, the parameters and the BatchNorm/RNG state
+    updates are the same either way; the flag is static, so the parameter tree (checkpoints,
+    torch conversion) does not change.
+    """
+
+    @functools.wraps(call)
+    def call_maybe_remat(self: nnx.Module, *args: Any) -> Any:
+        if getattr(self, "remat", False):
+            return nnx.remat(call)(self, *args)
+        return call(self, *args)
+
+    call_maybe_remat.remat_block = True  # type: ignore[attr-defined]
+    return call_maybe_remat
+
+
+def set_remat(model: nnx.Module, remat: bool = True) -> int:
+    """Sets the `remat` flag of every block of `model` whose `__call__` is a `remat_block`;
+    returns how many blocks there are (0 for nets without blocks, e.g. VGG and AlexNet)."""
+    blocks = 0
+    for _, module in nnx.iter_modules(model):
+        if getattr(type(module).__call__, "remat_block", False):
+            module.remat = remat
+            blocks += 1
+    return blocks
 
 
 class Sequential(nnx.List):

@@ -28,7 +28,7 @@ from flax import nnx
 
 from imagenot_jax.models.layers import linear_kernel_init, torch_conv
 from imagenot_jax.models.registry import register_model
-from imagenot_jax.models.torch_nn import Activation, Sequential
+from imagenot_jax.models.torch_nn import Activation, Sequential, remat_block
 
 LAYER_NORM_EPS = 1e-6  # torchvision: partial(nn.LayerNorm, eps=1e-6)
 
@@ -102,12 +102,27 @@ class MultiheadAttention(nnx.Module):
         weight = self.in_proj_weight[...].astype(self.dtype)
         qkv = jnp.einsum("bsd,ed->bse", x, weight) + self.in_proj_bias[...].astype(self.dtype)
         q, k, v = jnp.split(qkv.reshape(batch, seq, 3 * heads, head_dim), 3, axis=2)
+        if self._drops_probabilities():
+            out = self._explicit_attention(q, k, v)
+        else:
+            # One fused op (XLA's choice of kernel on each backend). Same function as the explicit
+            # path: float32 logits (bf16 inputs, f32 accumulation), scaled by 1/sqrt(head_dim),
+            # float32 softmax, probabilities cast to the compute dtype for the product with v.
+            out = jax.nn.dot_product_attention(q, k, v, scale=1.0 / math.sqrt(head_dim))
+        return self.out_proj(out.reshape(batch, seq, dim))
+
+    def _drops_probabilities(self) -> bool:
+        """Dropout on the attention probabilities (train mode, rate > 0), which the fused op
+        cannot apply; an unset mode also takes this path, so nnx.Dropout reports it."""
+        return self.dropout.rate > 0 and not self.dropout.deterministic
+
+    def _explicit_attention(self, q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+        """softmax(q k^T / sqrt(d)) v with dropout on the probabilities, as torch computes it."""
         logits_dtype = jnp.promote_types(self.dtype, jnp.float32)
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=logits_dtype)
-        probs = jax.nn.softmax(logits * (1.0 / math.sqrt(head_dim)), axis=-1)
+        probs = jax.nn.softmax(logits * (1.0 / math.sqrt(q.shape[-1])), axis=-1)
         probs = self.dropout(probs).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, seq, dim)
-        return self.out_proj(out)
+        return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
 def mlp_block(in_dim: int, mlp_dim: int, dropout: float, **kw: Any) -> Sequential:
@@ -154,6 +169,7 @@ class EncoderBlock(nnx.Module):
         self.ln_2 = _layer_norm(hidden_dim, **norm_kw)
         self.mlp = mlp_block(hidden_dim, mlp_dim, dropout, **kw)
 
+    @remat_block
     def __call__(self, inputs: jax.Array) -> jax.Array:
         # `inputs` is the float32 residual stream; adding a bf16 branch output keeps it float32.
         x = self.dropout(self.self_attention(self.ln_1(inputs))) + inputs
