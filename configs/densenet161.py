@@ -7,6 +7,8 @@ Recipe:   https://github.com/pytorch/vision/pull/116 (weights ported from the au
           DenseNet paper, sec. 4.2: SGD Nesterov momentum 0.9, lr 0.1 at batch 256, divided by 10
           at epochs 30 and 60, weight decay 1e-4, 90 epochs; torchvision's augmentation/sizes.
 Hardware: 8 GPUs in torchvision's run; any mesh here (the lr scales with the global batch).
+BN:       per-GPU statistics over 32 images (8 x 32, no SyncBN): mesh.bn_group_size=32 on any
+          mesh (ghost BatchNorm), not statistics over the whole global or per-device batch.
 Expected: ImageNet top-1 77.138% (torchvision's published weights); ImageNot: not measured yet.
 """
 
@@ -21,6 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim.nesterov = True
     config.schedule.name = "multistep"
     config.schedule.milestones = (30, 60)
+    recipes.reference_batchnorm(config, per_gpu_batch=32)
     recipes.shrink_for_smoke(
         config,
         args,

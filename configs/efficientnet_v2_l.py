@@ -11,6 +11,8 @@ Recipe:   https://github.com/pytorch/vision/tree/main/references/classification#
           are ported from the paper's, so the L sizes are the paper's: train crop 384, eval
           resize/crop 480. Not reproduced: the repeated-augmentation sampler (--ra-sampler).
 Hardware: 8 GPUs in torchvision's run; any mesh here (the lr scales with the global batch).
+BN:       per-GPU statistics over 128 images (8 x 128, no SyncBN): mesh.bn_group_size=128 on
+          any mesh (ghost BatchNorm), not statistics over the whole global or per-device batch.
 Expected: ImageNet top-1 85.808% (the ported weights); ImageNot: not measured yet.
 """
 
@@ -32,6 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optim.norm_weight_decay = 0.0
     config.schedule.epochs = 600
     config.schedule.warmup_epochs = 5
+    recipes.reference_batchnorm(config, per_gpu_batch=128)
     smoke_model = {"width_mult": 0.25, "depth_mult": 0.25}
     recipes.shrink_for_smoke(config, args, image_size=32, model_kwargs=smoke_model)
     return config

@@ -12,6 +12,8 @@ Recipe:   torchvision has no training recipe for it: "The weights of the Incepti
           the auxiliary classifier's loss weighted 0.4 and weight decay 4e-5, as in TF-slim's
           inception_v3 (the paper states neither).
 Hardware: 50 GPUs (asynchronous) in the paper; any mesh here.
+BN:       per-replica statistics over 32 images (50 x 32): mesh.bn_group_size=32 on any mesh
+          (ghost BatchNorm), not statistics over the whole global or per-device batch.
 Expected: ImageNet top-1 77.294% (the ported weights); ImageNot: not measured yet.
 """
 
@@ -38,6 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.schedule.step_size = 2
     config.schedule.gamma = 0.94
     config.schedule.epochs = 100
+    recipes.reference_batchnorm(config, per_gpu_batch=32)
     # The auxiliary head needs >= 299 px in training; smoke trains without it at the smallest
     # size the net takes (the aux-loss path is tested separately).
     recipes.shrink_for_smoke(config, args, image_size=75, model_kwargs={"aux_logits": False})

@@ -10,6 +10,8 @@ Recipe:   https://github.com/pytorch/vision/tree/main/references/classification#
           Not reproduced: the average of the last 3 improving checkpoints behind the published
           weights (a post-hoc step).
 Hardware: 8 GPUs in torchvision's run; any mesh here (the lr scales with the global batch).
+BN:       per-GPU statistics over 128 images (8 x 128, no SyncBN): mesh.bn_group_size=128 on
+          any mesh (ghost BatchNorm), not statistics over the whole global or per-device batch.
 Expected: ImageNet top-1 74.042% (torchvision's published weights); ImageNot: not measured yet.
 """
 
@@ -35,5 +37,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.schedule.step_size = 2
     config.schedule.gamma = 0.973
     config.schedule.epochs = 600
+    recipes.reference_batchnorm(config, per_gpu_batch=128)
     recipes.shrink_for_smoke(config, args, image_size=32, model_kwargs={"width_mult": 0.25})
     return config

@@ -6,6 +6,8 @@ Recipe:   https://github.com/pytorch/vision/tree/main/references/classification#
           `train.py --model resnet152`: torchvision's defaults (recipes.torchvision_default_recipe):
           SGD lr 0.1 per 256 images, weight decay 1e-4, StepLR(30, 0.1), 90 epochs.
 Hardware: 8 GPUs in torchvision's run; any mesh here (the lr scales with the global batch).
+BN:       per-GPU statistics over 32 images (8 x 32, no SyncBN): mesh.bn_group_size=32 on any
+          mesh (ghost BatchNorm), not statistics over the whole global or per-device batch.
 Expected: ImageNet top-1 78.312% (torchvision's published weights); ImageNot: not measured yet.
 """
 
@@ -17,6 +19,7 @@ from imagenot_jax import recipes
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config, args = recipes.recipe_config("resnet152", arg)
     recipes.torchvision_default_recipe(config, lr=0.1)
+    recipes.reference_batchnorm(config, per_gpu_batch=32)
     recipes.shrink_for_smoke(
         config,
         args,

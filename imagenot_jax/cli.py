@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging as logging_std
+import os
 import sys
 from collections.abc import Callable
 
-from absl import logging
+from absl import flags, logging
 
 # Bad configs and missing data are the user's to fix: one line and exit code 2 (run with
 # --verbosity=1 for the traceback). Anything else is a bug and keeps its traceback.
@@ -38,3 +39,35 @@ def quiet_library_logs() -> None:
     """Keeps this project's INFO lines (progress, metrics) and the libraries' warnings."""
     logging.set_verbosity(logging.INFO)
     logging.get_absl_handler().addFilter(_LibraryInfoFilter())
+
+
+DEFAULT_COMPILATION_CACHE = "~/.cache/imagenot_jax/jax_cache"
+
+
+def define_compilation_cache_flag() -> flags.FlagHolder:
+    return flags.DEFINE_string(
+        "compilation_cache",
+        None,
+        "Persistent XLA compilation cache directory, so a resumed or repeated run does not "
+        "recompile (default: $JAX_COMPILATION_CACHE_DIR, else "
+        f"{DEFAULT_COMPILATION_CACHE}; '' disables it).",
+    )
+
+
+def enable_compilation_cache(directory: str | None) -> str | None:
+    """Turns on JAX's persistent compilation cache in `directory` (see the flag); returns the
+    directory used, or None when disabled. Call before anything compiles."""
+    import jax  # here: rank's CLI shares this module and needs no jax
+
+    if directory is None:
+        directory = os.environ.get("JAX_COMPILATION_CACHE_DIR") or DEFAULT_COMPILATION_CACHE
+    if not directory:
+        return None
+    if "://" not in directory:  # gs:// and other remote caches are used as given
+        directory = os.path.expanduser(directory)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    # Cache every program (jax's default skips those compiled in under 1 s), so that whether a
+    # step is cached does not depend on how fast it happened to compile.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return directory

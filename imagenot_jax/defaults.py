@@ -35,6 +35,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.dtype = "float32"  # compute dtype; params and norm statistics stay fp32
     config.model.num_classes = config_dict.placeholder(int)  # None: from the dataset
     config.model.kwargs = ml_collections.ConfigDict()
+    # Recompute each block's activations in the backward pass (jax.checkpoint per residual /
+    # dense / inception / transformer block): less activation memory for about one more forward
+    # pass of compute; same function and parameters. See models/torch_nn.remat_block.
+    config.model.remat = False
     # Weight of an auxiliary head's loss (Inception-v3 in train mode; 0.4 as in its paper and
     # torchvision's port); ignored by models without one.
     config.model.aux_loss_weight = 0.4
@@ -67,4 +71,7 @@ def base_config() -> ml_collections.ConfigDict:
     # logging
     config.logging = ml_collections.ConfigDict()
     config.logging.every_steps = 100
+    # (first, last) steps (1-based, as logged) to trace with jax.profiler into WORKDIR/profile
+    # (TensorBoard profile plugin / Perfetto); None: no trace.
+    config.logging.profile_steps = config_dict.placeholder(tuple)
     return config

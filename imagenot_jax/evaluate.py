@@ -35,8 +35,13 @@ from absl import app, flags
 from etils import epath
 from flax import nnx
 
-from imagenot_jax import checkpoint, eval_views, input_pipeline, sharding, train
-from imagenot_jax.cli import quiet_library_logs, run_user_command
+from imagenot_jax import checkpoint, eval_views, input_pipeline, sharding, steps, train
+from imagenot_jax.cli import (
+    define_compilation_cache_flag,
+    enable_compilation_cache,
+    quiet_library_logs,
+    run_user_command,
+)
 from imagenot_jax.eval_views import ClassMap
 from imagenot_jax.rank_stats import clopper_pearson
 
@@ -80,7 +85,7 @@ def metrics_from_predictions(predictions: dict[str, np.ndarray], num_classes: in
 def make_view_eval_step(
     setup: train.Setup, class_map: ClassMap | None, keep_logits: bool = False
 ) -> Callable:
-    """train.make_eval_step's outputs, with the labels mapped and the top-5 and loss taken over
+    """steps.make_eval_step's outputs, with the labels mapped and the top-5 and loss taken over
     the class map's classes only (plus the unrestricted top-5 and, optionally, the logits)."""
     config = setup.config
     dtype = jnp.dtype(config.model.dtype)
@@ -93,7 +98,7 @@ def make_view_eval_step(
 
     def step(params, batch_stats, rest, batch):
         model = nnx.merge(setup.model_def.eval, params, batch_stats, rest, copy=True)
-        logits = model(train.normalize(batch["image"], config.input, dtype)).astype(jnp.float32)
+        logits = model(steps.normalize(batch["image"], config.input, dtype)).astype(jnp.float32)
         y = batch["label"]
         known = (y >= 0) & (y < len(y_to_x))
         label = jnp.where(known, jnp.asarray(y_to_x)[jnp.clip(y, 0, len(y_to_x) - 1)], -1)
@@ -101,7 +106,7 @@ def make_view_eval_step(
         position = jnp.where(label >= 0, jnp.asarray(x_to_position)[jnp.maximum(label, 0)], -1)
         top = jax.lax.top_k(scored, min(5, len(classes)))[1]
         out = {
-            "loss": train.cross_entropy(scored, jax.nn.one_hot(position, len(classes))),
+            "loss": steps.cross_entropy(scored, jax.nn.one_hot(position, len(classes))),
             "top5": (jnp.asarray(classes)[top] if restricted else top).astype(jnp.int32),
             "label": label.astype(jnp.int32),
             "index": batch["index"],
@@ -353,6 +358,7 @@ def define_flags() -> None:
         "real", None, "ReaL multi-label accuracy (default: when the dataset has `real_label`)."
     )
     flags.DEFINE_boolean("save_logits", False, "Keep every example's logits in .examples.npz.")
+    define_compilation_cache_flag()
     flags.mark_flags_as_required(["workdir"])
 
 
@@ -361,6 +367,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     options = flags.FLAGS
     quiet_library_logs()
+    enable_compilation_cache(options.compilation_cache)
 
     def run() -> None:
         result, path = evaluate_checkpoint(

@@ -78,6 +78,13 @@ def default_optim_config() -> ml_collections.ConfigDict:
     c.b2 = 0.999
     c.adam_eps = 1e-8
     c.grad_clip_norm = config_dict.placeholder(float)  # torchvision --clip-grad-norm (global)
+    # Micro-batches per step: the global batch is split, forward/backward runs on each in turn,
+    # fp32 gradients are averaged, one update. Without BatchNorm the update equals the full
+    # batch's; with it, statistics are per micro-batch and running stats update after each one.
+    c.grad_accum_steps = 1
+    # Images per device per forward pass; set: grad_accum_steps becomes the smallest count that
+    # fits (None: off; set one of the two).
+    c.max_device_batch = config_dict.placeholder(int)
     return c
 
 

@@ -94,9 +94,18 @@ def shrink_for_smoke(
     config.input.global_batch_size = 8
     config.input.eval_batch_size = 16
     config.input.num_workers = 0
+    config.mesh.bn_group_size = None  # BN over each device's share of the 8-image batch
     config.schedule.num_steps = 2
     config.checkpoint.every_steps = 1000  # and at the end of training
     config.logging.every_steps = 1
+
+
+def reference_batchnorm(config: ml_collections.ConfigDict, *, per_gpu_batch: int) -> None:
+    """BatchNorm statistics over `per_gpu_batch` images, as in the reference run (per-GPU
+    statistics, no SyncBN), whatever our mesh: per-device ghost BatchNorm groups of that size.
+    (Smoke runs use each device's whole share of their small batch instead.)"""
+    config.mesh.bn_mode = "per_device"
+    config.mesh.bn_group_size = per_gpu_batch
 
 
 def torchvision_default_recipe(config: ml_collections.ConfigDict, *, lr: float) -> None:

@@ -1,10 +1,11 @@
-"""Run control for the training loop: preemption (SIGTERM) and per-step metrics with the
-non-finite loss check that guards every checkpoint."""
+"""Run control for the training loop: preemption (SIGTERM), per-step metrics with the
+non-finite loss check that guards every checkpoint, and a profiler window over chosen steps."""
 
 from __future__ import annotations
 
 import signal
 import time
+from typing import Any
 
 import jax
 import numpy as np
@@ -55,3 +56,42 @@ class PendingMetrics:
         summary["images_per_s"] = len(fetched) * images_per_step / seconds
         self._steps, self._timer = [], time.perf_counter()
         return summary
+
+
+class Profiler:
+    """A jax.profiler trace of steps first..last (1-based, as logged) in `directory`.
+
+    The trace starts before step `first` is dispatched and stops once step `last` has finished
+    on device (the loop blocks on the state), so the window holds that device work and no more.
+    View it with TensorBoard's profile plugin or Perfetto (the `.xplane.pb`/`.trace.json.gz`).
+    """
+
+    def __init__(self, steps: tuple[int, int] | None, directory: str) -> None:
+        if steps is not None:
+            first, last = (int(s) for s in steps)
+            if not 1 <= first <= last:
+                raise ValueError(
+                    f"logging.profile_steps={tuple(steps)}: expected (first, last) steps with "
+                    "1 <= first <= last"
+                )
+            steps = (first, last)
+        self._steps, self._directory, self._active = steps, directory, False
+
+    def before_step(self, step: int) -> None:
+        """Call before dispatching step `step` (the state's step + 1)."""
+        if self._steps and not self._active and self._steps[0] <= step <= self._steps[1]:
+            logging.info("profiling steps %d-%d into %s", step, self._steps[1], self._directory)
+            jax.profiler.start_trace(self._directory)
+            self._active = True
+
+    def after_step(self, step: int, state: Any) -> None:
+        """Call after step `step` was dispatched; stops the trace after the window's last step."""
+        if self._active and step >= self._steps[1]:
+            self.stop(state)
+
+    def stop(self, state: Any = None) -> None:
+        """Ends the trace (also when the loop ends early inside the window)."""
+        if self._active:
+            jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self._active = False

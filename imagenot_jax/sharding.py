@@ -27,6 +27,11 @@ def default_mesh_config() -> ml_collections.ConfigDict:
     config.num_processes = ml_collections.config_dict.placeholder(int)
     config.process_id = ml_collections.config_dict.placeholder(int)
     config.bn_mode = "global"  # global: statistics over the global batch; per_device: local
+    # per_device only: BatchNorm statistics over groups of this many examples within each
+    # device's (micro-)batch (ghost BatchNorm: a reference run's per-GPU batch on any mesh);
+    # None or 0 (on the command line): the whole per-device batch. Beside bn_mode: both say how
+    # the batch is laid out over devices.
+    config.bn_group_size = ml_collections.config_dict.placeholder(int)
     config.fsdp = False  # shard large state arrays over `data` instead of replicating them
     config.fsdp_min_size = 2**18  # elements; smaller arrays stay replicated
     return config

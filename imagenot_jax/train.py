@@ -1,8 +1,9 @@
 """The trainer: `train_and_evaluate(config, workdir)`.
 
-Sections: model and state, loss, the jitted train/eval steps, evaluation over a split, the
-training loop (resume, periodic eval, checkpoints, preemption). The hot path is one `jax.jit`
-of a pure function over the split NNX state, with explicit shardings and the state donated.
+Sections: model and state, evaluation over a split, the training loop (resume, periodic eval,
+checkpoints, preemption, profiling). The loss and the jitted train/eval steps (the hot path: one
+`jax.jit` of a pure function over the split NNX state, with explicit shardings and the state
+donated) are in steps.py.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ import optax
 from absl import logging
 from etils import epath
 from flax import nnx
-from jax.sharding import PartitionSpec as P
 
-from imagenot_jax import checkpoint, ema, input_pipeline, mixing, models, optim, sharding, transfer
+from imagenot_jax import checkpoint, ema, input_pipeline, models, optim, sharding, transfer
 from imagenot_jax.metric_writer import MetricWriter
-from imagenot_jax.run_control import NonFiniteLossError, PendingMetrics, Preemption
-from imagenot_jax.sharding import DATA_AXIS
+from imagenot_jax.run_control import NonFiniteLossError, PendingMetrics, Preemption, Profiler
+from imagenot_jax.steps import accum_steps, eval_weights, make_eval_step, make_train_step
 
 # ---------------------------------------------------------------------------------------------
 # Model and train state.
@@ -59,6 +59,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int) -> nnx.Modu
         dtype=jnp.dtype(config.model.dtype),
         param_dtype=jnp.float32,
         rngs=nnx.Rngs(params=config.seed, dropout=config.seed + 1),
+        remat=config.model.get("remat", False),
         **config.model.get("kwargs", {}),
     )
 
@@ -151,183 +152,6 @@ def make_setup(
 
 
 # ---------------------------------------------------------------------------------------------
-# Loss.
-# ---------------------------------------------------------------------------------------------
-
-
-def normalize(images: jax.Array, input_cfg: ml_collections.ConfigDict, dtype: Any) -> jax.Array:
-    """uint8 NHWC -> (x - mean) / std in the compute dtype (mean/std in 0..255 units)."""
-    mean = jnp.asarray(input_cfg.mean, jnp.float32)
-    std = jnp.asarray(input_cfg.std, jnp.float32)
-    return ((images.astype(jnp.float32) - mean) / std).astype(dtype)
-
-
-def soft_targets(labels: jax.Array, num_classes: int, label_smoothing: float) -> jax.Array:
-    """torch's CrossEntropyLoss(label_smoothing=eps) targets: (1 - eps) * onehot + eps / K."""
-    onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-    return onehot * (1.0 - label_smoothing) + label_smoothing / num_classes
-
-
-def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
-    """Per-example cross-entropy with soft targets, in fp32."""
-    return -jnp.sum(targets * jax.nn.log_softmax(logits.astype(jnp.float32)), axis=-1)
-
-
-# ---------------------------------------------------------------------------------------------
-# Steps.
-# ---------------------------------------------------------------------------------------------
-
-
-def _forward_loss(model_graph: Any, aux_loss_weight: float) -> Callable:
-    """Loss of one batch. A model with an auxiliary head (Inception-v3) returns
-    (logits, aux_logits) in train mode; its loss is CE(logits) + aux_loss_weight * CE(aux)."""
-
-    def loss_fn(params, batch_stats, rest, images, targets):
-        model = nnx.merge(model_graph, params, batch_stats, rest, copy=True)
-        outputs = model(images)
-        logits, aux_logits = outputs if isinstance(outputs, tuple) else (outputs, None)
-        _, _, new_stats, new_rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-        loss = jnp.mean(cross_entropy(logits, targets))
-        if aux_logits is not None:
-            loss = loss + aux_loss_weight * jnp.mean(cross_entropy(aux_logits, targets))
-        return loss, (logits, new_stats, new_rest)
-
-    return jax.value_and_grad(loss_fn, has_aux=True)
-
-
-def _per_device_bn(grad_fn: Callable, mesh: jax.sharding.Mesh) -> Callable:
-    """BatchNorm over each device's own sub-batch (torchvision's multi-GPU default, no SyncBN).
-
-    Gradients and the loss are averaged over devices (equal to the global-batch mean); running
-    statistics are averaged too, where DDP would take rank 0's.
-    """
-
-    def local(params, batch_stats, rest, images, targets):
-        (loss, (logits, stats, new_rest)), grads = grad_fn(
-            params, batch_stats, rest, images, targets
-        )
-        loss, grads, stats = jax.lax.pmean((loss, grads, stats), DATA_AXIS)
-        return (loss, (logits, stats, new_rest)), grads
-
-    replicated, split = P(), P(DATA_AXIS)
-    return jax.shard_map(
-        local,
-        mesh=mesh,
-        in_specs=(replicated, replicated, replicated, split, split),
-        out_specs=((replicated, (split, replicated, replicated)), replicated),
-        check_vma=False,
-    )
-
-
-def make_train_step(setup: Setup) -> Callable:
-    config, mesh = setup.config, setup.mesh
-    num_classes = config.model.num_classes
-    dtype = jnp.dtype(config.model.dtype)
-    # A linear probe runs the frozen backbone in eval mode: BatchNorm uses (and keeps) its
-    # running statistics and dropout is off, so the head trains on the features it is evaluated on.
-    probe = setup.trainable is not None
-    graph = setup.model_def.eval if probe else setup.model_def.train
-    grad_fn = _forward_loss(graph, config.model.aux_loss_weight)
-    if config.mesh.bn_mode == "per_device":
-        grad_fn = _per_device_bn(grad_fn, mesh)
-    elif config.mesh.bn_mode != "global":
-        raise ValueError(f"mesh.bn_mode={config.mesh.bn_mode!r}: expected 'global' or 'per_device'")
-    use_ema = config.optim.get("ema_decay") is not None
-    if use_ema:
-        ema_decay = ema.ema_decay(
-            config.optim.ema_decay,
-            config.optim.ema_steps,
-            config.input.global_batch_size,
-            config.schedule.epochs,
-        )
-        warmup_steps = config.schedule.warmup_epochs * setup.steps_per_epoch
-
-    def step(state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
-        key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-        images = normalize(batch["image"], config.input, dtype)
-        targets = soft_targets(batch["label"], num_classes, config.optim.label_smoothing)
-        images, targets = mixing.mix_batch(
-            key,
-            images,
-            targets,
-            mixup_alpha=config.input.mixup_alpha,
-            cutmix_alpha=config.input.cutmix_alpha,
-            num_groups=mesh.shape[DATA_AXIS],
-        )
-        (loss, (logits, batch_stats, rest)), grads = grad_fn(
-            state.params, state.batch_stats, state.rest, images, targets
-        )
-        grads = transfer.zero_frozen(grads, setup.trainable)
-        if probe:
-            batch_stats = state.batch_stats
-        updates, opt_state = setup.tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        new_ema = state.ema
-        if use_ema:
-            new_ema = ema.update_ema(
-                state.ema,
-                {"params": params, "batch_stats": batch_stats},
-                state.step + 1,
-                decay=ema_decay,
-                every_steps=config.optim.ema_steps,
-                warmup_steps=warmup_steps,
-                steps_per_epoch=setup.steps_per_epoch,
-            )
-        metrics = {
-            "loss": loss,
-            "train_top1": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
-            "lr": setup.schedule(state.step),
-            "grad_norm": optax.global_norm(grads),
-        }
-        new_state = state.replace(
-            step=state.step + 1,
-            params=params,
-            batch_stats=batch_stats,
-            rest=rest,
-            opt_state=opt_state,
-            ema=new_ema,
-        )
-        return new_state, metrics
-
-    batch_sharding = sharding.batch_sharding(mesh)
-    return jax.jit(
-        step,
-        in_shardings=(setup.state_shardings, batch_sharding),
-        out_shardings=(setup.state_shardings, sharding.replicated(mesh)),
-        donate_argnums=0,
-    )
-
-
-def make_eval_step(setup: Setup) -> Callable:
-    """Per-example outputs (loss, top-5 classes), replicated so every process can read them."""
-    config = setup.config
-    dtype = jnp.dtype(config.model.dtype)
-    k = min(5, config.model.num_classes)
-
-    def step(params, batch_stats, rest, batch):
-        model = nnx.merge(setup.model_def.eval, params, batch_stats, rest, copy=True)
-        logits = model(normalize(batch["image"], config.input, dtype)).astype(jnp.float32)
-        targets = jax.nn.one_hot(batch["label"], config.model.num_classes)
-        return {
-            "loss": cross_entropy(logits, targets),
-            "top5": jax.lax.top_k(logits, k)[1].astype(jnp.int32),
-            "label": batch["label"],
-            "index": batch["index"],
-            "mask": batch["mask"],
-        }
-
-    return jax.jit(step, out_shardings=sharding.replicated(setup.mesh))
-
-
-def eval_weights(state: TrainState) -> tuple[Any, Any]:
-    """(params, batch_stats) used for evaluation: the EMA copy when EMA is on."""
-    if state.ema is None:
-        return state.params, state.batch_stats
-    averaged = ema.ema_tree(state.ema)
-    return averaged["params"], averaged["batch_stats"]
-
-
-# ---------------------------------------------------------------------------------------------
 # Evaluation over a split (used during training and by imagenot_jax.evaluate).
 # ---------------------------------------------------------------------------------------------
 
@@ -413,21 +237,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = MetricWriter(str(workdir_path), setup.total_steps, step)
     preemption = Preemption()
     pending = PendingMetrics()
+    profiler = Profiler(config.logging.get("profile_steps"), str(workdir_path / "profile"))
     last_eval: dict[str, float] = {}
     if step < setup.total_steps:
         logging.info(
-            "training %s: %d steps (%d per epoch) on %d devices, from step %d",
-            config.model.name, setup.total_steps, setup.steps_per_epoch, mesh.size, step,
+            "training %s: %d steps (%d per epoch) on %d devices, %d micro-batches per step, "
+            "from step %d", config.model.name, setup.total_steps, setup.steps_per_epoch,
+            mesh.size, accum_steps(config, mesh.size), step,
         )  # fmt: skip
     else:
         logging.info("%s is already trained to step %d", workdir, step)
     try:
         while step < setup.total_steps:
             batch = next(train_iter)
+            profiler.before_step(step + 1)
             state, metrics = train_step(
                 state, sharding.global_batch({k: batch[k] for k in ("image", "label")}, mesh)
             )
             step += 1
+            profiler.after_step(step, state)
             pending.add(step, metrics)
             writer.advance(step)
             done = step == setup.total_steps
@@ -464,6 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             f"{checkpointer.directory}"
         ) from None
     finally:
+        profiler.stop(state)
         preemption.restore()
         checkpointer.wait()
         checkpointer.close()

@@ -21,7 +21,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import demo
-from imagenot_jax import input_pipeline, sharding, train
+from imagenot_jax import input_pipeline, sharding, steps, train
 
 STEPS = 4
 
@@ -48,7 +48,7 @@ def run_steps(config) -> dict:
     sharding.initialize_distributed(config.mesh)
     mesh = sharding.make_mesh()
     setup = train.make_setup(config, mesh, num_train_examples=96)
-    step_fn = train.make_train_step(setup)
+    step_fn = steps.make_train_step(setup)
     state = setup.init()
     iterator = iter(input_pipeline.make_train_dataset(config))
     for _ in range(STEPS):

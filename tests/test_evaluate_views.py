@@ -28,7 +28,7 @@ from flax import nnx
 from PIL import Image
 
 from configs import demo
-from imagenot_jax import defaults, eval_views, evaluate, image_ops, train
+from imagenot_jax import defaults, eval_views, evaluate, image_ops, steps, train
 from imagenot_jax.models import convert
 from tests.conftest import REPO
 
@@ -152,7 +152,7 @@ def setup(tmp_path_factory):
     resize, crop = config.input.eval_resize, config.input.eval_crop
     crops = np.stack([image_ops.decode_resize_center_crop(j, resize, crop, 3) for j in jpegs])
     model.eval()
-    inputs = train.normalize(jnp.asarray(crops), config.input, jnp.float32)
+    inputs = steps.normalize(jnp.asarray(crops), config.input, jnp.float32)
     logits = np.asarray(nnx.jit(lambda m, x: m(x))(model, inputs))
     ranks = np.argsort(-logits, axis=1)
     # Label i is the (i % 6)-th guess: top-1 hits, top-5 hits and misses.

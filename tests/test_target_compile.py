@@ -32,7 +32,7 @@ MEMORY_BUDGET_BYTES = 48 * 2**20
 
 def _compiled(target_name: str, *, bn_mode: str = "global", fsdp: bool = False) -> dict:
     from configs import demo
-    from imagenot_jax import train
+    from imagenot_jax import steps, train
 
     config = demo.get_config(None)
     config.model.num_classes = 10
@@ -48,7 +48,7 @@ def _compiled(target_name: str, *, bn_mode: str = "global", fsdp: bool = False) 
         compile_targets.abstract_batch(setup, config.input.global_batch_size),
     )
     target = compile_targets.TARGETS[target_name]
-    result = compile_targets.compile_program(train.make_train_step(setup), args, target)
+    result = compile_targets.compile_program(steps.make_train_step(setup), args, target)
     result["stats"] = hlo_stats.summarize(result["hlo"])
     result["batchnorm_layers"] = len(_leaves(setup.abstract_state.batch_stats)) // 2
     return result

@@ -21,7 +21,7 @@ import pytest
 from flax import nnx
 
 from configs import demo
-from imagenot_jax import evaluate, sharding, train
+from imagenot_jax import evaluate, sharding, steps, train
 from tests.conftest import FAKE_FASHION_TEST as N_TEST
 from tests.conftest import FAKE_FASHION_TRAIN as N_TRAIN
 from tests.conftest import REPO
@@ -240,11 +240,11 @@ def test_aux_logits_add_their_weighted_loss_and_train_the_aux_head():
     model = _TwoHeads()
     graphdef, params, batch_stats, rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
     x = jax.random.normal(jax.random.key(0), (5, 3))
-    targets = train.soft_targets(jnp.array([0, 1, 2, 3, 0]), 4, 0.1)
-    grad_fn = train._forward_loss(graphdef, aux_loss_weight=0.4)
+    targets = steps.soft_targets(jnp.array([0, 1, 2, 3, 0]), 4, 0.1)
+    grad_fn = steps._forward_loss(graphdef, aux_loss_weight=0.4)
     (loss, (logits, _, _)), grads = grad_fn(params, batch_stats, rest, x, targets)
-    main = jnp.mean(train.cross_entropy(model.head(x), targets))
-    aux = jnp.mean(train.cross_entropy(model.aux(x), targets))
+    main = jnp.mean(steps.cross_entropy(model.head(x), targets))
+    aux = jnp.mean(steps.cross_entropy(model.aux(x), targets))
     np.testing.assert_allclose(loss, main + 0.4 * aux, rtol=1e-6)
     np.testing.assert_allclose(logits, model.head(x), rtol=1e-6)  # metrics use the main head
     assert float(jnp.abs(grads["aux"]["kernel"][...]).max()) > 0
