@@ -3,7 +3,8 @@
 Train: a seeded global shuffle per epoch over the whole split, repeated forever; each JAX process
 takes every `process_count`-th element of that one global stream (so shards are disjoint and each
 epoch is partitioned across processes), then decode + RandomResizedCrop + flip (+ optional
-auto-augment policy and RandomErasing, see augment.py), batched with drop_remainder. Eval: each
+auto-augment policy and RandomErasing, see augment.py), batched with drop_remainder; the records of
+a batch are read with one batched ArrayRecord read and parsed for just the fields used. Eval: each
 process reads a strided subset, padded with masked examples so that all processes yield the same
 number of batches and every example is seen exactly once.
 
@@ -17,13 +18,15 @@ import atexit
 import dataclasses
 import functools
 import os
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import grain
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import flags
+from tensorflow_datasets.proto import tf_example_pb2
 
 from imagenot_jax import augment, image_ops
 
@@ -112,29 +115,102 @@ def default_config() -> ml_collections.ConfigDict:
     # faster on full-size images, a few grey levels off torchvision's pixels. Off for fidelity.
     config.input.dct_downscale = False
     config.input.channels = 3  # 3: grayscale sources are replicated; 1: keep one channel
-    config.input.num_workers = 0  # grain worker processes per host; 0 = in the main process
+    # grain worker processes per JAX process: -1 = one per core this process may use, less one
+    # for the trainer (resolve_num_workers); 0 = decode and augment in the main process.
+    config.input.num_workers = -1
     config.input.read_threads = 2  # threads per worker, each building whole batches
-    # Batches buffered per worker; host memory ~ prefetch * workers * batch bytes
-    # (2 * 16 * 38 MB for 256 images of 224 px), so keep it small.
+    # Batches buffered per worker; host memory ~ (prefetch + 1) * workers * batch bytes
+    # (3 * 15 * 38 MB for 256 images of 224 px), so keep it small.
     config.input.prefetch = 2
     return config
 
 
 # ---------------------------------------------------------------------------------------------
-# Per-example transforms (pure functions of the record and, for train, a grain-seeded RNG).
+# Records: batched ArrayRecord reads, parsed for the three fields the pipelines use.
 # ---------------------------------------------------------------------------------------------
 
 
-def _train_example(
-    source: Any,
+class Record(NamedTuple):
+    image: bytes  # encoded (JPEG/PNG) bytes, never decoded by TFDS
+    label: int
+    key: bytes  # b"" where the dataset has no `key` feature
+
+
+_FAST_FIELDS = {"image": "O", "label": "i", "key": "O"}  # numpy kinds: bytes, integer
+
+
+class RecordReader:
+    """Reads `Record`s for a batch of indices with one ArrayRecord `__getitems__` call.
+
+    TFDS's own deserialization (`deserialize_example_np`) converts every feature of the example
+    to numpy (captions, scores, ...) and costs about as much per record as a fifth of the JPEG
+    decode; parsing the tf.train.Example proto and taking only image/label/key is ~20x cheaper.
+    Datasets whose fields are not plain scalars of those types fall back to TFDS's path.
+    """
+
+    def __init__(self, source: Any) -> None:
+        self.source = source
+        self.fast = _fast_parse_applies(source.dataset_info.features.get_serialized_info())
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """One record as the dict a TFDS data source gives (image, label, key)."""
+        return self.read([index])[0]._asdict()
+
+    def read(self, indices: Sequence[int]) -> list[Record]:
+        indices = [int(i) for i in indices]
+        if not self.fast:
+            return [
+                Record(r["image"], int(r["label"]), bytes(r.get("key", b"")))
+                for r in self.source.__getitems__(indices)
+            ]
+        return [_parse(raw) for raw in self.source.data_source.__getitems__(indices)]
+
+
+def _fast_parse_applies(info: dict[str, Any]) -> bool:
+    """image and label present (key optional), each stored as a scalar of the expected type."""
+    if not {"image", "label"} <= info.keys():
+        return False
+    return all(
+        info[name].shape == () and np.dtype(info[name].np_dtype).kind == kind
+        for name, kind in _FAST_FIELDS.items()
+        if name in info
+    )
+
+
+def _parse(serialized: bytes) -> Record:
+    feature = tf_example_pb2.Example.FromString(serialized).features.feature
+    key = feature["key"].bytes_list.value[0] if "key" in feature else b""
+    return Record(feature["image"].bytes_list.value[0], feature["label"].int64_list.value[0], key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transforms (pure functions of the record and, for train, a grain-seeded RNG).
+# ---------------------------------------------------------------------------------------------
+
+RngState = dict[str, Any]  # np.random.Philox's bit_generator.state
+
+
+def _capture_rng(index: int, rng: np.random.Generator) -> tuple[int, RngState]:
+    """grain's per-element generator for this stream position, saved for the batched transform.
+
+    grain's `random_map` hands out a Philox generator keyed by (seed, position) and reuses it
+    after the call returns; saving its state (~10 us) lets `_train_batch` replay exactly the
+    draws it would have given, so the stream is the same as transforming element by element.
+    """
+    return int(index), rng.bit_generator.state
+
+
+def _train_image(
+    data: bytes,
     cfg: ml_collections.ConfigDict,
     train_augment: augment.TrainAugment | None,
-    index: int,
-    rng,
-) -> Example:
-    record = source[index]
+    rng: np.random.Generator,
+) -> np.ndarray:
     image = image_ops.decode_random_resized_crop(
-        record["image"],
+        data,
         cfg.image_size,
         tuple(cfg.rrc_scale),
         tuple(cfg.rrc_ratio),
@@ -146,14 +222,31 @@ def _train_example(
         image = image_ops.hflip(image)
     if train_augment is not None:  # auto-augment policy, then RandomErasing
         image = train_augment(image, rng)
-    return {
-        "image": image,
-        "label": np.int32(record["label"]),
-        "index": np.int64(index),
-    }
+    return image
+
+
+def _train_batch(
+    reader: RecordReader,
+    cfg: ml_collections.ConfigDict,
+    train_augment: augment.TrainAugment | None,
+    draws: Sequence[tuple[int, RngState]],
+) -> Example:
+    """One batch: one batched read, then each image from its own replayed generator."""
+    indices = [index for index, _ in draws]
+    size = cfg.image_size
+    images = np.empty((len(draws), size, size, cfg.channels), np.uint8)
+    labels = np.empty(len(draws), np.int32)
+    rng = np.random.Generator(np.random.Philox())
+    for i, ((_, state), record) in enumerate(zip(draws, reader.read(indices), strict=True)):
+        rng.bit_generator.state = state
+        images[i] = _train_image(record.image, cfg, train_augment, rng)
+        labels[i] = record.label
+    return {"image": images, "label": labels, "index": np.asarray(indices, np.int64)}
 
 
 def _eval_example(source: Any, cfg: ml_collections.ConfigDict, index: int) -> Example:
+    """`source[i]` is a dict with image, label and optionally key: a RecordReader, a TFDS data
+    source, or a wrapper of one (evaluate.py's relabeled views)."""
     if index < 0:  # Padding: same shapes, mask False, never counted.
         return {
             "image": np.zeros((cfg.eval_crop, cfg.eval_crop, cfg.channels), np.uint8),
@@ -197,18 +290,94 @@ def eval_indices(num_examples: int, batch_size: int, shard: ProcessShard) -> np.
     return np.concatenate([mine, np.full(padded - len(mine), -1, np.int64)])
 
 
+def resolve_num_workers(num_workers: int) -> int:
+    """`input.num_workers`, with -1 (auto) resolved to the cores this process may use, less one.
+
+    Decode and augmentation are CPU-bound and one worker keeps one core busy; the one core left
+    runs the trainer itself (Python step loop, host-to-device copies, checkpoint writes), which
+    would otherwise be starved by the workers and stall the accelerator. Cores are counted from
+    the CPU affinity, so a launcher that pins several processes per host (SLURM --cpus-per-task,
+    taskset) gives each its share; unpinned processes sharing a host should set a number. On a
+    one-core machine auto is 0: a worker process would only add IPC to the same core.
+    """
+    if num_workers >= 0:
+        return num_workers
+    if num_workers != -1:
+        raise ValueError(f"input.num_workers must be >= 0 or -1 (auto); got {num_workers}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max((cores or 1) - 1, 0)
+
+
 def _finish(ds: grain.MapDataset, cfg: ml_collections.ConfigDict) -> grain.IterDataset:
     it = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch)
     )
-    if cfg.num_workers > 0:
+    num_workers = resolve_num_workers(cfg.num_workers)
+    if num_workers > 0:
         # Grain's worker start-up reads absl flags; outside an absl app (tests, notebooks) they
         # are unparsed and reading them raises, so accept the defaults.
         if not flags.FLAGS.is_parsed():
             flags.FLAGS.mark_as_parsed()
-        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.num_workers))
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
         atexit.register(_drain_shared_memory_unlinks)  # registering twice is a no-op
     return it
+
+
+class _ResumableBatches(grain.IterDataset):
+    """Yields batches[0], batches[1], ... with an iterator state that is just the next index."""
+
+    def __init__(self, batches: grain.MapDataset, cfg: ml_collections.ConfigDict) -> None:
+        super().__init__()
+        self._batches, self._cfg = batches, cfg
+
+    def __iter__(self) -> BatchIterator:
+        return BatchIterator(self._batches, self._cfg)
+
+
+class BatchIterator(grain.DatasetIterator):
+    """A grain iterator over a MapDataset of batches whose state is {"next_index": n}.
+
+    grain's multiprocess state lists one state per worker, so it restores only into the same
+    number of workers; with `num_workers=-1` that number follows the host's cores, and a run
+    resumed on another machine (or another CPU allotment) would fail to restore. Every batch is
+    a pure function of its index, so the index alone is a complete state: a restored iterator
+    restarts grain at `batches[n:]` with whatever number of workers this host has. The state is
+    also what grain's in-process iterator saved before, so those checkpoints still restore.
+    """
+
+    def __init__(self, batches: grain.MapDataset, cfg: ml_collections.ConfigDict) -> None:
+        super().__init__()
+        self._batches, self._cfg = batches, cfg
+        self._next_index = 0
+        self._inner: grain.DatasetIterator | None = None
+
+    def _iterator(self) -> grain.DatasetIterator:
+        if self._inner is None:  # built lazily: set_state right after iter() starts no workers
+            self._inner = iter(_finish(self._batches[self._next_index :], self._cfg))
+        return self._inner
+
+    def __next__(self) -> Example:
+        batch = next(self._iterator())
+        self._next_index += 1
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        return {"next_index": self._next_index}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.close()
+        if "next_index" in state:
+            self._next_index = int(state["next_index"])
+        else:  # grain's multiprocess state (checkpoints from before): batches per worker
+            self._next_index = sum(int(w["next_index"]) for w in state["iterators_in_use_states"])
+
+    def start_prefetch(self) -> None:
+        self._iterator().start_prefetch()
+
+    def close(self) -> None:
+        if self._inner is not None:
+            self._inner.close()
+            self._inner = None
 
 
 def _drain_shared_memory_unlinks() -> None:
@@ -245,12 +414,13 @@ def make_train_dataset(
         .seed(cfg.seed)
         .shuffle()
         .repeat(None)  # reseeds the shuffle each epoch
-        .random_map(functools.partial(_train_example, source, cfg, train_augment))
+        .random_map(_capture_rng)
     )
-    # Slicing after the (lazy) transforms keeps each element's augmentation a function of its
-    # position in the global stream, whatever the number of processes.
-    ds = ds[shard.index :: shard.count].batch(batch, drop_remainder=True)
-    return _finish(ds, cfg)
+    # Slicing after the random_map keeps each element's augmentation a function of its position
+    # in the global stream, whatever the number of processes.
+    ds = ds[shard.index :: shard.count].batch(batch, drop_remainder=True, batch_fn=list)
+    ds = ds.map(functools.partial(_train_batch, RecordReader(source), cfg, train_augment))
+    return _ResumableBatches(ds, cfg)
 
 
 def make_eval_dataset(
@@ -264,7 +434,8 @@ def make_eval_dataset(
     )
     batch = per_process_batch_size(cfg.eval_batch_size, shard)
     ds = grain.MapDataset.source(eval_indices(len(source), batch, shard))
-    ds = ds.map(functools.partial(_eval_example, source, cfg)).batch(batch, drop_remainder=True)
+    ds = ds.map(functools.partial(_eval_example, RecordReader(source), cfg))
+    ds = ds.batch(batch, drop_remainder=True)
     return _finish(ds, cfg)
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import io
 import itertools
+import os
 import pathlib
 
+import grain
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from imagenot_jax import input_pipeline
+from imagenot_jax import augment, input_pipeline
 from imagenot_jax.input_pipeline import ProcessShard
 from tfds_imagenot.fashion_mnist_local import Builder as FashionBuilder
 from tfds_imagenot.fashion_mnist_local.testing import write_fake_fashion_mnist
@@ -73,6 +75,7 @@ def _config(data_dir, name="fashion_mnist_local/all", **input_overrides):
     config.input.update(
         dict(global_batch_size=10, eval_batch_size=8, image_size=24, eval_resize=28, eval_crop=24)
     )
+    config.input.num_workers = 0  # in-process unless a test asks for workers (default: auto)
     config.input.update(input_overrides)
     return config
 
@@ -221,3 +224,98 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
     config = _config(tmp_path, name="fashion_mnist_local/first5")
     with pytest.raises(input_pipeline.DatasetMissingError, match="not prepared in data_dir"):
         input_pipeline.make_train_dataset(config, ProcessShard())
+
+
+# --- worker count, batched reads -------------------------------------------------------------
+
+
+def test_auto_workers_follow_the_cpu_affinity_and_explicit_counts_win():
+    assert input_pipeline.default_config().input.num_workers == -1
+    cores = len(os.sched_getaffinity(0))
+    assert input_pipeline.resolve_num_workers(-1) == max(cores - 1, 0)
+    assert input_pipeline.resolve_num_workers(0) == 0
+    assert input_pipeline.resolve_num_workers(3) == 3
+    with pytest.raises(ValueError, match="-1 \\(auto\\); got -2"):
+        input_pipeline.resolve_num_workers(-2)
+    allowed = os.sched_getaffinity(0)
+    try:  # one core: workers would only add IPC on it, so auto runs in-process
+        os.sched_setaffinity(0, {min(allowed)})
+        assert input_pipeline.resolve_num_workers(-1) == 0
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+def test_state_restores_into_any_number_of_workers(data_dir):
+    """The state is a batch index, so a run resumed on a host with other cores (auto) goes on."""
+    config = _config(data_dir, num_workers=2)
+    iterator = iter(input_pipeline.make_train_dataset(config, ProcessShard()))
+    _ = [next(iterator) for _ in range(5)]
+    state = iterator.get_state()
+    expected = [next(iterator) for _ in range(4)]
+    iterator.close()
+    assert state == {"next_index": 5}
+    for workers in (0, 1, -1):
+        config = _config(data_dir, num_workers=workers)
+        restored = iter(input_pipeline.make_train_dataset(config, ProcessShard()))
+        restored.set_state(state)
+        _assert_same_batches([next(restored) for _ in range(4)], expected)
+        restored.close()
+
+
+def test_grain_multiprocess_states_of_earlier_checkpoints_still_restore(data_dir):
+    """Before, two workers saved grain's per-worker state: batches 0, 2 and 1 were consumed."""
+    legacy = {
+        "next_index_in_cycle": 1,
+        "next_index_in_datasets": 2,
+        "iterators_in_use_indices": [0, 1],
+        "iterators_in_use_states": [{"next_index": 2}, {"next_index": 1}],
+        "exhausted": [0, 0],
+        "future_states": {},
+    }
+    config = _config(data_dir)
+    expected = _take(input_pipeline.make_train_dataset(config, ProcessShard()), 5)[3:]
+    restored = iter(input_pipeline.make_train_dataset(config, ProcessShard()))
+    restored.set_state(legacy)
+    _assert_same_batches([next(restored) for _ in range(2)], expected)
+
+
+@pytest.mark.parametrize("name", ["fashion_mnist_local/all", "imagenot/full"])
+def test_batched_record_reads_match_tfds_deserialization(data_dir, name):
+    source = input_pipeline.open_source(name, "train", str(data_dir))
+    reader = input_pipeline.RecordReader(source)
+    assert reader.fast  # the proto parse, not TFDS's per-feature numpy conversion
+    indices = list(np.random.default_rng(0).permutation(len(source))[:7])
+    fast = reader.read(indices)
+    reader.fast = False
+    assert reader.read(indices) == fast
+    for index, record in zip(indices, fast, strict=True):
+        expected = source[int(index)]
+        assert record.image == expected["image"] and record.label == expected["label"]
+        assert record.key == expected["key"] and record.image[:2] in (b"\x89P", b"\xff\xd8")
+
+
+def test_batched_transform_replays_grain_per_element_random_map(data_dir):
+    """Reading and augmenting a batch at a time gives what grain's per-element map gives."""
+    config = _config(data_dir, name="imagenot/full", global_batch_size=4, image_size=40)
+    config.input.update(auto_augment="ta_wide", random_erase=0.5, mean=(120.0, 110.0, 100.0))
+    cfg = config.input
+    source = input_pipeline.open_source("imagenot/full", "train", str(data_dir))
+    train_augment = augment.train_augment(cfg)
+
+    def one(index, rng):
+        image = input_pipeline._train_image(source[int(index)]["image"], cfg, train_augment, rng)
+        return {"image": image, "label": np.int32(source[int(index)]["label"]), "index": index}
+
+    per_element = (
+        grain.MapDataset.range(len(source)).seed(cfg.seed).shuffle().repeat(None).random_map(one)
+    )
+    expected = [per_element[i] for i in range(12)]
+    batches = _take(input_pipeline.make_train_dataset(config, ProcessShard()), 3)
+    got_images = np.concatenate([b["image"] for b in batches])
+    np.testing.assert_array_equal(got_images, np.stack([e["image"] for e in expected]))
+    np.testing.assert_array_equal(
+        np.concatenate([b["index"] for b in batches]), [e["index"] for e in expected]
+    )
+    np.testing.assert_array_equal(
+        np.concatenate([b["label"] for b in batches]), [e["label"] for e in expected]
+    )
