@@ -7,7 +7,9 @@ are pinned down here once: conv/linear initialisation, and BatchNorm's running-v
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -73,6 +75,176 @@ def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (value[0], value[1])
 
 
+# --- convolution formulation -----------------------------------------------------------------
+#
+# XLA:CPU's convolution falls off a cliff on small feature maps: a 3x3 512->512 conv at batch 32
+# runs at ~150 GFLOP/s on a 4x4 map but ~2 on 2x2 and ~12 on 1x1 (benchmarks/xla_cpu_small_conv.py),
+# which made ResNet-18 at 64 px spend 906 of 947 ms of its forward in layer4. The same function
+# as im2col (shifted strided slices concatenated on channels) + one GEMM does not have the cliff.
+# It is chosen per lowering platform (lax.platform_dependent), never by jax.default_backend():
+# deviceless GPU/TPU compiles trace on a CPU host and must keep XLA's native convolution.
+
+# Output maps of at most this many pixels (Ho * Wo) take the GEMM form on CPU; above it XLA's
+# convolution is as fast or faster (7x7 and up in the reproducer).
+CPU_GEMM_MAX_PIXELS = 16
+CPU_DEPTHWISE_TAPS = True  # depthwise convs as shifted multiply-adds on CPU (any map size)
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _explicit_pads(padding: Any) -> tuple[tuple[int, int], ...] | None:
+    if isinstance(padding, str):
+        return None
+    pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+    return pads if all(lo >= 0 and hi >= 0 for lo, hi in pads) else None
+
+
+def _out_size(size: int, pad: tuple[int, int], kernel: int, stride: int, dilation: int) -> int:
+    return (size + pad[0] + pad[1] - (kernel - 1) * dilation - 1) // stride + 1
+
+
+def conv_as_gemm(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int],
+    pads: Sequence[tuple[int, int]],
+    dilation: Sequence[int],
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """An NHWC x HWIO (ungrouped) convolution as im2col + one dot_general: the same function
+    as lax.conv_general_dilated with these arguments (tested), in XLA:CPU's fast GEMM."""
+    n, _, _, c = x.shape
+    kh, kw, _, o = kernel.shape
+    (sh, sw), (dh, dw) = strides, dilation
+    xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    ho = _out_size(x.shape[1], pads[0], kh, sh, dh)
+    wo = _out_size(x.shape[2], pads[1], kw, sw, dw)
+    taps = [
+        jax.lax.slice(
+            xp,
+            (0, i * dh, j * dw, 0),
+            (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
+            (1, sh, sw, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)  # (i, j, c) order
+    return jax.lax.dot_general(
+        patches,
+        kernel.reshape(kh * kw * c, o),
+        (((3,), (0,)), ((), ())),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+
+
+def depthwise_as_taps(
+    x: jax.Array,
+    kernel: jax.Array,
+    strides: Sequence[int],
+    pads: Sequence[tuple[int, int]],
+    dilation: Sequence[int],
+    preferred_element_type: Any = None,
+) -> jax.Array:
+    """A depthwise NHWC x HW1C convolution (groups == channels, multiplier 1) as a sum over the
+    kh*kw taps of a strided slice times that tap's per-channel weight: elementwise work that
+    XLA:CPU fuses into loops, where its grouped convolution runs at well under 1 GFLOP/s
+    (benchmarks/xla_cpu_small_conv.py --depthwise). Accumulates in at least fp32."""
+    n, _, _, c = x.shape
+    kh, kw = kernel.shape[:2]
+    (sh, sw), (dh, dw) = strides, dilation
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0))).astype(acc)
+    w = kernel.astype(acc)
+    ho = _out_size(x.shape[1], pads[0], kh, sh, dh)
+    wo = _out_size(x.shape[2], pads[1], kw, sw, dw)
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            end = (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c)
+            tap = jax.lax.slice(xp, (0, i * dh, j * dw, 0), end, (1, sh, sw, 1)) * w[i, j, 0]
+            out = tap if out is None else out + tap
+    return out.astype(preferred_element_type or jnp.result_type(x.dtype, kernel.dtype))
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: Any,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+    **kwargs: Any,
+) -> jax.Array:
+    """lax.conv_general_dilated, lowered on CPU as a GEMM for small output maps.
+
+    Drop-in for nnx.Conv's `conv_general_dilated=`. Only when lowering for CPU, and only for
+    un-transposed 2-d NHWC/HWIO convolutions with non-negative explicit padding: ungrouped ones
+    whose output map has <= CPU_GEMM_MAX_PIXELS pixels become im2col + GEMM, depthwise ones
+    (groups == channels, multiplier 1) a sum of shifted taps. Everything else, and every
+    non-CPU lowering, is XLA's convolution, unchanged.
+    """
+    xla = functools.partial(
+        jax.lax.conv_general_dilated,
+        window_strides=window_strides,
+        padding=padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+        **kwargs,
+    )
+    pads = _explicit_pads(padding)
+    dilation = tuple(rhs_dilation or (1, 1))
+    nhwc = lhs.ndim == 4 and dimension_numbers == jax.lax.conv_dimension_numbers(
+        lhs.shape, rhs.shape, _NHWC
+    )
+    if (
+        not nhwc
+        or pads is None
+        or tuple(lhs_dilation or (1, 1)) != (1, 1)
+        or kwargs.get("batch_group_count", 1) != 1
+        or kwargs.get("out_sharding") is not None
+    ):
+        return xla(lhs, rhs)
+    strides = tuple(window_strides)
+    if feature_group_count > 1:
+        channels = lhs.shape[-1]
+        depthwise = feature_group_count == channels and rhs.shape[-1] == channels
+        if not (depthwise and CPU_DEPTHWISE_TAPS):
+            return xla(lhs, rhs)  # grouped (ResNeXt) or channel multiplier > 1: XLA's conv
+        taps = functools.partial(
+            depthwise_as_taps,
+            strides=strides,
+            pads=pads,
+            dilation=dilation,
+            preferred_element_type=preferred_element_type,
+        )
+        return jax.lax.platform_dependent(lhs, rhs, cpu=taps, default=xla)
+    out_pixels = math.prod(
+        _out_size(lhs.shape[1 + a], pads[a], rhs.shape[a], window_strides[a], dilation[a])
+        for a in range(2)
+    )
+    if out_pixels > CPU_GEMM_MAX_PIXELS:
+        return xla(lhs, rhs)
+    gemm = functools.partial(
+        conv_as_gemm,
+        strides=strides,
+        pads=pads,
+        dilation=dilation,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    return jax.lax.platform_dependent(lhs, rhs, cpu=gemm, default=xla)
+
+
 def torch_conv(
     in_features: int,
     out_features: int,
@@ -113,6 +285,7 @@ def torch_conv(
         kernel_dilation=(dilation, dilation),
         feature_group_count=groups,
         use_bias=use_bias,
+        conv_general_dilated=conv_general_dilated,  # GEMM form for small maps on CPU
         kernel_init=kernel_init or conv_kernel_init,
         bias_init=bias_init or torch_bias_init(fan_in),
         dtype=dtype,
