@@ -39,6 +39,12 @@ bench: $(VENV)/.test system-deps bench-curation
 bench-curation: $(VENV)/.test system-deps
 	$(PY) -m benchmarks.curation_match
 
+# Train step vs torchvision + torch.optim (CPU: fp32, the demo's net and 3 small cases; on a
+# GPU host: make bench-step BENCH_STEP_ARGS="--device gpu --write").
+.PHONY: bench-step
+bench-step: $(VENV)/.test
+	$(PY) -m benchmarks.train_step $(BENCH_STEP_ARGS)
+
 # Every study recipe compiled for H100, H200 and TPU slices without them (hours on 2 cores the
 # first time; finished cells are cached in benchmarks/target_compile.json, so it resumes).
 bench-compile: $(VENV)/.test
