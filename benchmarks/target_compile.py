@@ -102,6 +102,8 @@ def _variant_config(cell: Cell):
     config = recipe_config(cell.model)
     if cell.variant.startswith("bn_"):
         config.mesh.bn_mode = cell.variant.removeprefix("bn_")
+    if cell.variant == "bn_global" and config.mesh.get("bn_group_size"):
+        config.mesh.bn_group_size = None  # groups are a per-device notion
     if cell.variant == "fsdp":
         config.mesh.fsdp = True
     return config
@@ -116,13 +118,13 @@ def _configure(config, *, global_batch: int, accum: int):
 
 
 def _compile_steps(config, target, *, global_batch: int, accum: int, with_eval: bool) -> dict:
-    from imagenot_jax import train
+    from imagenot_jax import steps, train
 
     mesh = compile_targets.mesh(target.name)
     setup = train.make_setup(config, mesh, NUM_TRAIN_EXAMPLES)
     state = compile_targets.abstract_state(setup)
     batch = compile_targets.abstract_batch(setup, global_batch)
-    result = compile_targets.compile_program(train.make_train_step(setup), (state, batch), target)
+    result = compile_targets.compile_program(steps.make_train_step(setup), (state, batch), target)
     result["hlo_stats"] = compile_report.hlo_summary(result.pop("hlo"))
     result["params"] = compile_report.count_params(setup.abstract_state.params)
     result["has_batchnorm"] = bool(compile_report.count_params(setup.abstract_state.batch_stats))
@@ -130,7 +132,7 @@ def _compile_steps(config, target, *, global_batch: int, accum: int, with_eval: 
         eval_batch = compile_targets.abstract_batch(setup, global_batch // accum, eval_batch=True)
         # With EMA, evaluation reads the averaged weights: the same shapes and shardings.
         args = (state.params, state.batch_stats, state.rest, eval_batch)
-        evaluated = compile_targets.compile_program(train.make_eval_step(setup), args, target)
+        evaluated = compile_targets.compile_program(steps.make_eval_step(setup), args, target)
         evaluated.pop("hlo")
         result["eval"] = {k: evaluated[k] for k in ("bytes", "fits", "trace_s", "compile_s")}
     return result
@@ -154,7 +156,7 @@ def run_cell(cell: Cell) -> dict:
     """Compiles one cell; for `global` cells, halves the micro-batch until the program fits."""
     target = TARGETS[cell.target]
     devices = len(compile_targets.devices(cell.target))
-    config = recipe_config(cell.model)
+    config = _variant_config(cell)
     if cell.variant == "ref":
         global_batch = reference_batch(config, cell.model) * devices
     else:
@@ -165,7 +167,8 @@ def run_cell(cell: Cell) -> dict:
         attempt = _attempt(cell, target, global_batch=global_batch, accum=accum, with_eval=False)
         attempts.append(attempt)
         micro = per_device // accum
-        if attempt.get("fits") or cell.variant == "ref" or micro % 2 or micro <= 1:
+        group = config.mesh.get("bn_group_size") or 1  # micro-batches hold whole BN groups
+        if attempt.get("fits") or cell.variant == "ref" or micro % (2 * group):
             break
         if "error" in attempt and not attempt["error"].startswith("out of memory"):
             break

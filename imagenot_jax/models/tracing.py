@@ -14,8 +14,9 @@ That message is never seen: when a property raises AttributeError, Python falls 
 the probe (the RNG draws happen inside flax's own layers), so this module replaces the property by
 one that raises the same cheap AttributeError, without the trace walk. Behaviour is unchanged:
 the same exception type, the same message users see, and `hasattr`/`getattr` work as before.
-jax 0.10.2 (the last release for Python 3.11) still builds the message. The patch is installed once, when
-`imagenot_jax.models` is imported, and is a no-op if JAX no longer defines the property.
+jax 0.10.2 (the last release for Python 3.11) still builds the message. The patch is installed
+once, when `imagenot_jax.models` is imported, and is a no-op if JAX no longer defines the
+property.
 """
 
 from __future__ import annotations
