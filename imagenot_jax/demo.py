@@ -18,7 +18,12 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from imagenot_jax import evaluate, input_pipeline, suite, train
-from imagenot_jax.cli import quiet_library_logs, run_user_command
+from imagenot_jax.cli import (
+    define_compilation_cache_flag,
+    enable_compilation_cache,
+    quiet_library_logs,
+    run_user_command,
+)
 from imagenot_jax.datasets import prepare_dataset
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.")
@@ -34,6 +39,7 @@ _DATA_DIR = flags.DEFINE_string(
 _MANUAL_DIR = flags.DEFINE_string(
     "manual_dir", None, "Source files for the builder (default: the builder's own default)."
 )
+_COMPILATION_CACHE = define_compilation_cache_flag()
 
 
 def print_result(result: dict, train_seconds: float) -> None:
@@ -66,6 +72,7 @@ def main(argv: list[str]) -> None:
     del argv
     data_dir = _DATA_DIR.value or input_pipeline.default_data_dir()
     quiet_library_logs()
+    enable_compilation_cache(_COMPILATION_CACHE.value)  # the suite's runs share programs
     run_user_command(run, _CONFIG.value, _WORKDIR.value, data_dir, _MANUAL_DIR.value)
     if _RUN_SUITE.value:
         start = time.perf_counter()

@@ -22,7 +22,12 @@ from etils import epath
 from ml_collections import config_flags
 
 from imagenot_jax import evaluate, input_pipeline, train
-from imagenot_jax.cli import quiet_library_logs, run_user_command
+from imagenot_jax.cli import (
+    define_compilation_cache_flag,
+    enable_compilation_cache,
+    quiet_library_logs,
+    run_user_command,
+)
 from imagenot_jax.datasets import prepare_dataset
 
 _DONE = "suite_done.json"  # written last in a run's workdir: {"eval": <eval json path>, ...}
@@ -97,6 +102,7 @@ def define_flags() -> None:
     config_flags.DEFINE_config_file("suite", None, "Suite config file.", lock_config=True)
     flags.DEFINE_string("workdir", None, "Suite directory: one workdir per run, and report/.")
     flags.DEFINE_string("data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR).")
+    define_compilation_cache_flag()
     flags.mark_flags_as_required(["suite", "workdir"])
 
 
@@ -105,6 +111,7 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     quiet_library_logs()
     options = flags.FLAGS
+    enable_compilation_cache(options.compilation_cache)
     run_user_command(run_suite, options.suite, options.workdir, options.data_dir)
 
 
