@@ -76,9 +76,11 @@ def _collectives(stats: dict) -> str:
 
 
 def _batch(cell: dict) -> str:
+    """devices x micro-batch [x accumulation steps] [, BatchNorm group size (ghost BN)]."""
     accum = cell.get("accum", 1)
-    text = f"{cell['devices']}x{cell['micro_batch']}"
-    return f"{text}x{accum} acc" if accum > 1 else text
+    text = f"{cell['devices']}x{cell['micro_batch']}" + (f"x{accum} acc" if accum > 1 else "")
+    group = cell.get("bn_group_size")
+    return f"{text}, BN/{group}" if group and "bn_global" not in cell["cell"] else text
 
 
 def row(cell: dict) -> str:
@@ -111,7 +113,8 @@ def row(cell: dict) -> str:
 
 def markdown(results: dict, models: tuple[str, ...], targets: tuple[str, ...]) -> str:
     header = (
-        "| model | target | variant | batch/step (devicesxmicroxaccum) | GiB/device (of) | fits "
+        "| model | target | variant | batch/step (devices x micro x accum, BN group) "
+        "| GiB/device (of) | fits "
         "| GFLOP/img | img/s/device at 100% MFU | kernels | collectives (count / bytes) "
         "| fp32 conv+mm | grouped convs | eval step | trace + compile s |\n"
         "| --- | --- | --- | --- | ---: | --- | ---: | ---: | ---: | --- | ---: | ---: | --- "

@@ -6,13 +6,19 @@
 No accelerator is needed (deviceless compilation, see compile_targets.py). A cell is one model
 on one target in one variant:
 
-- `ref` (GPUs): the recipe's per-GPU batch in torchvision's reference run (its global batch over
-  the reference GPUs: 8 for most recipes, 64 for ViT-B/16, 50 for Inception-v3);
+- `ref` (H100): the recipe's per-GPU batch in torchvision's reference run (its global batch
+  over the reference GPUs: 8 for most recipes, 64 for ViT-B/16, 50 for Inception-v3). The H200
+  compiles the same program (same SM 9.0, same bytes), so it has no `ref` cell of its own;
 - `global`: the recipe's global batch on the target. The per-device batch is tried whole, then
   split into 2, 4, ... micro-batches (`optim.grad_accum_steps`) until the program fits: the
   micro-batch found is the largest power-of-two fraction of the per-device batch that fits;
-- `bn_global`, `bn_per_device` (multi-host slice, BatchNorm models): `global` under each
-  `mesh.bn_mode`; `fsdp` (multi-host slice, models over 80M parameters): `global` with FSDP.
+- `bn_global`, `bn_per_device` (multi-host slice, BatchNorm models; `global` for the others):
+  `global` under each `mesh.bn_mode`; `fsdp` (multi-host slice, models over 80M parameters):
+  `global` with FSDP.
+
+The recipes' ghost-BatchNorm groups (`mesh.bn_group_size`) stay as configured where they divide
+the per-device batch; where not (Inception-v3's 32 in 200 images per chip), the nearest divisor
+is used and reported.
 
 Each cell reports per-device memory against the device's, FLOPs per image, kernels,
 collectives, float32 convolutions/matmuls and grouped convolutions of the optimized train step,
@@ -47,7 +53,13 @@ STUDY_MODELS = (
 # GPUs of torchvision's reference run per recipe (each config's docstring); default 8.
 REFERENCE_GPUS = {"vit_b_16": 64, "inception_v3": 50}
 MULTI_HOST = "v5p-16"
-LARGE_MODEL_PARAMS = 80_000_000  # FSDP cells above this
+# Which multi-host cells exist (each cell records the parameters it compiled): both BN modes
+# only for models with BatchNorm, FSDP only above 80M parameters (torchvision's counts).
+BATCHNORM_MODELS = frozenset(
+    {"inception_v3", "resnet50", "resnet152", "densenet161", "mobilenet_v3_large",
+     "efficientnet_v2_l"}
+)  # fmt: skip
+LARGE_MODELS = frozenset({"vgg19", "efficientnet_v2_l", "vit_b_16", "convnext_large"})
 NUM_TRAIN_EXAMPLES = 1_281_167  # ImageNet-1k's train split: sets steps per epoch only
 NUM_CLASSES = 1000
 CELL_TIMEOUT_S = 3600
@@ -86,19 +98,25 @@ def all_cells(models: tuple[str, ...], targets: tuple[str, ...]) -> list[Cell]:
     cells = []
     for model in models:
         for target in targets:
-            if TARGETS[target].platform == "cuda":
-                cells += [Cell(model, target, "ref"), Cell(model, target, "global")]
-            elif target == MULTI_HOST:
-                cells += [Cell(model, target, v) for v in ("bn_global", "bn_per_device", "fsdp")]
-            else:
-                cells.append(Cell(model, target, "global"))
+            cells += [Cell(model, target, v) for v in _variants(model, target)]
     return cells
+
+
+def _variants(model: str, target: str) -> list[str]:
+    if target == "h200":  # the H100's programs (same SM 9.0): `ref` would repeat its bytes
+        return ["global"]
+    if TARGETS[target].platform == "cuda":
+        return ["ref", "global"]
+    if target != MULTI_HOST:
+        return ["global"]
+    variants = ["bn_global", "bn_per_device"] if model in BATCHNORM_MODELS else ["global"]
+    return variants + (["fsdp"] if model in LARGE_MODELS else [])
 
 
 # --- one cell (in a subprocess) --------------------------------------------------------------
 
 
-def _variant_config(cell: Cell):
+def _variant_config(cell: Cell, per_device: int | None = None):
     config = recipe_config(cell.model)
     if cell.variant.startswith("bn_"):
         config.mesh.bn_mode = cell.variant.removeprefix("bn_")
@@ -106,7 +124,17 @@ def _variant_config(cell: Cell):
         config.mesh.bn_group_size = None  # groups are a per-device notion
     if cell.variant == "fsdp":
         config.mesh.fsdp = True
+    group = config.mesh.get("bn_group_size")
+    if group and per_device and per_device % group:
+        config.mesh.bn_group_size = nearest_group(per_device, group)
     return config
+
+
+def nearest_group(per_device: int, group: int) -> int:
+    """The divisor of the per-device batch nearest the recipe's BN group (ties: the smaller),
+    e.g. 25 for Inception-v3's groups of 32 in 200 images per chip (1,600 over 8 chips)."""
+    divisors = [d for d in range(1, per_device + 1) if per_device % d == 0]
+    return min(divisors, key=lambda d: (abs(d - group), d))
 
 
 def _configure(config, *, global_batch: int, accum: int):
@@ -139,7 +167,8 @@ def _compile_steps(config, target, *, global_batch: int, accum: int, with_eval: 
 
 
 def _attempt(cell: Cell, target, *, global_batch: int, accum: int, with_eval: bool) -> dict:
-    config = _configure(_variant_config(cell), global_batch=global_batch, accum=accum)
+    per_device = global_batch // len(compile_targets.devices(cell.target))
+    config = _configure(_variant_config(cell, per_device), global_batch=global_batch, accum=accum)
     try:
         result = _compile_steps(
             config, target, global_batch=global_batch, accum=accum, with_eval=with_eval
@@ -162,6 +191,7 @@ def run_cell(cell: Cell) -> dict:
     else:
         global_batch = config.input.global_batch_size
     per_device = global_batch // devices
+    config = _variant_config(cell, per_device)
     attempts, accum = [], 1
     while True:
         attempt = _attempt(cell, target, global_batch=global_batch, accum=accum, with_eval=False)
@@ -185,6 +215,7 @@ def run_cell(cell: Cell) -> dict:
         "global_batch": global_batch,
         "per_device_batch": per_device,
         "micro_batch": per_device // accum,
+        "bn_group_size": config.mesh.get("bn_group_size"),
         "attempts": summary,
         **final,
     }
