@@ -8,6 +8,8 @@ same traced function keeps XLA's convolution (deviceless compiles trace on a CPU
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,8 +20,8 @@ from imagenot_jax.models import layers
 DN = ("NHWC", "HWIO", "NHWC")
 
 
-def _reference(x, w, strides, pads, dilation, groups):
-    return jax.lax.conv_general_dilated(
+def _conv(conv, x, w, strides, pads, dilation, groups):
+    return conv(
         x,
         w,
         strides,
@@ -31,17 +33,8 @@ def _reference(x, w, strides, pads, dilation, groups):
     )
 
 
-def _ours(x, w, strides, pads, dilation, groups):
-    return layers.conv_general_dilated(
-        x,
-        w,
-        strides,
-        pads,
-        rhs_dilation=dilation,
-        dimension_numbers=jax.lax.conv_dimension_numbers(x.shape, w.shape, DN),
-        feature_group_count=groups,
-        precision=jax.lax.Precision.HIGHEST,
-    )
+_reference = functools.partial(_conv, jax.lax.conv_general_dilated)
+_ours = functools.partial(_conv, layers.conv_general_dilated)
 
 
 # (map size, in ch, out ch, kernel (h, w), stride, padding ((t, b), (l, r)), dilation, groups)

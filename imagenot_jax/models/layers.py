@@ -102,6 +102,32 @@ def _out_size(size: int, pad: tuple[int, int], kernel: int, stride: int, dilatio
     return (size + pad[0] + pad[1] - (kernel - 1) * dilation - 1) // stride + 1
 
 
+def _shifted_taps(
+    x: jax.Array,
+    kernel_size: tuple[int, int],
+    strides: Sequence[int],
+    pads: Sequence[tuple[int, int]],
+    dilation: Sequence[int],
+) -> list[jax.Array]:
+    """The kh*kw strided slices of the padded input, one per kernel tap in (i, j) order: tap
+    (i, j) is what the kernel's weight at (i, j) multiplies at every output position."""
+    n, _, _, c = x.shape
+    (kh, kw), (sh, sw), (dh, dw) = kernel_size, strides, dilation
+    xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
+    ho = _out_size(x.shape[1], pads[0], kh, sh, dh)
+    wo = _out_size(x.shape[2], pads[1], kw, sw, dw)
+    return [
+        jax.lax.slice(
+            xp,
+            (0, i * dh, j * dw, 0),
+            (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
+            (1, sh, sw, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+
+
 def conv_as_gemm(
     x: jax.Array,
     kernel: jax.Array,
@@ -113,22 +139,8 @@ def conv_as_gemm(
 ) -> jax.Array:
     """An NHWC x HWIO (ungrouped) convolution as im2col + one dot_general: the same function
     as lax.conv_general_dilated with these arguments (tested), in XLA:CPU's fast GEMM."""
-    n, _, _, c = x.shape
-    kh, kw, _, o = kernel.shape
-    (sh, sw), (dh, dw) = strides, dilation
-    xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0)))
-    ho = _out_size(x.shape[1], pads[0], kh, sh, dh)
-    wo = _out_size(x.shape[2], pads[1], kw, sw, dw)
-    taps = [
-        jax.lax.slice(
-            xp,
-            (0, i * dh, j * dw, 0),
-            (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
-            (1, sh, sw, 1),
-        )
-        for i in range(kh)
-        for j in range(kw)
-    ]
+    kh, kw, c, o = kernel.shape
+    taps = _shifted_taps(x, (kh, kw), strides, pads, dilation)
     patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)  # (i, j, c) order
     return jax.lax.dot_general(
         patches,
@@ -151,20 +163,11 @@ def depthwise_as_taps(
     kh*kw taps of a strided slice times that tap's per-channel weight: elementwise work that
     XLA:CPU fuses into loops, where its grouped convolution runs at well under 1 GFLOP/s
     (benchmarks/xla_cpu_small_conv.py --depthwise). Accumulates in at least fp32."""
-    n, _, _, c = x.shape
-    kh, kw = kernel.shape[:2]
-    (sh, sw), (dh, dw) = strides, dilation
     acc = jnp.promote_types(x.dtype, jnp.float32)
-    xp = jnp.pad(x, ((0, 0), tuple(pads[0]), tuple(pads[1]), (0, 0))).astype(acc)
-    w = kernel.astype(acc)
-    ho = _out_size(x.shape[1], pads[0], kh, sh, dh)
-    wo = _out_size(x.shape[2], pads[1], kw, sw, dw)
-    out = None
-    for i in range(kh):
-        for j in range(kw):
-            end = (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c)
-            tap = jax.lax.slice(xp, (0, i * dh, j * dw, 0), end, (1, sh, sw, 1)) * w[i, j, 0]
-            out = tap if out is None else out + tap
+    kh, kw = kernel.shape[:2]
+    weights = kernel.astype(acc).reshape(kh * kw, -1)  # tap (i, j) -> its channels' weights
+    taps = _shifted_taps(x.astype(acc), (kh, kw), strides, pads, dilation)
+    out = sum(tap * weights[t] for t, tap in enumerate(taps))
     return out.astype(preferred_element_type or jnp.result_type(x.dtype, kernel.dtype))
 
 
