@@ -14,7 +14,7 @@ from test_input_pipeline import _assert_same_batches, _config, _take, data_dir  
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
-from imagenot_jax import augment, input_pipeline
+from imagenot_jax import augment, input_pipeline, random_erasing
 from imagenot_jax.defaults import IMAGENET_MEAN
 from imagenot_jax.input_pipeline import ProcessShard
 
@@ -237,7 +237,7 @@ def test_bad_policy_settings_are_value_errors():
 def test_erase_boxes_follow_torchvision_statistics():
     rng, draws = np.random.default_rng(0), 4000
     scale, ratio = (0.02, 0.33), (0.3, 3.3)
-    ours = np.array([augment.erase_box(224, 160, scale, ratio, rng) for _ in range(draws)])
+    ours = np.array([random_erasing.erase_box(224, 160, scale, ratio, rng) for _ in range(draws)])
     torch.manual_seed(0)
     erasing, image = v2.RandomErasing(p=1.0), torch.zeros(3, 224, 160)
     theirs = np.array(
@@ -262,13 +262,13 @@ def test_erase_boxes_follow_torchvision_statistics():
 
 
 def test_random_erasing_probability_and_fill():
-    fill = augment.erase_fill(IMAGENET_MEAN, 3)
+    fill = random_erasing.erase_fill(IMAGENET_MEAN, 3)
     np.testing.assert_array_equal(fill, [124, 116, 104])  # round(0.485*255, 0.456*255, 0.406*255)
     assert np.abs(fill - np.array(IMAGENET_MEAN)).max() <= 0.5
     image = np.zeros((40, 48, 3), np.uint8)
     rng, erased = np.random.default_rng(1), 0
     for _ in range(3000):
-        out = augment.random_erasing(image, rng, 0.3, fill)
+        out = random_erasing.random_erasing(image, rng, 0.3, fill)
         changed = (out != 0).any(axis=-1)
         if changed.any():
             erased += 1
@@ -277,8 +277,10 @@ def test_random_erasing_probability_and_fill():
             assert changed.sum() == box.shape[0] * box.shape[1]  # one rectangle
             assert (box == fill).all()
     assert abs(erased / 3000 - 0.3) < 0.03
-    assert augment.erase_box(5, 5, (1.0, 1.0), (1.0, 1.0), rng) is None  # 10 misses: no erasing
-    gray = augment.erase_fill((0.2860 * 255,), 1)
+    assert (
+        random_erasing.erase_box(5, 5, (1.0, 1.0), (1.0, 1.0), rng) is None
+    )  # 10 misses: no erasing
+    gray = random_erasing.erase_fill((0.2860 * 255,), 1)
     assert gray.tolist() == [73]
 
 
@@ -338,4 +340,4 @@ def test_pipeline_config_errors(tmp_path):
         input_pipeline.make_train_dataset(config, ProcessShard())
     assert input_pipeline.default_config().input.auto_augment is None  # off by default
     assert input_pipeline.default_config().input.random_erase == 0.0
-    assert math.isclose(augment.erase_fill((127.5,), 1)[0], 128)
+    assert math.isclose(random_erasing.erase_fill((127.5,), 1)[0], 128)
