@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
 import importlib
 import json
 import os
@@ -232,11 +233,21 @@ def load_results(path: pathlib.Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {"cells": {}}
 
 
-def save_results(results: dict, path: pathlib.Path) -> None:
-    """Atomic: a run killed mid-write keeps the previous file."""
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+def save_cell(path: pathlib.Path, result: dict) -> None:
+    """Adds one finished cell to the JSON cache.
+
+    The file is re-read under a lock, so drivers running at once (say one per target, to use
+    more cores) keep each other's cells. The write is atomic: a run killed mid-write keeps the
+    previous file.
+    """
+    with open(path.with_suffix(".json.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = load_results(path)
+        results["cells"][result["cell"]] = result
+        results["versions"] = compile_report.versions()
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+        os.replace(tmp, path)
 
 
 def _run_in_subprocess(cell: Cell, timeout_s: int) -> dict:
@@ -280,19 +291,17 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_cell(Cell.parse(args.cell))), flush=True)
         return
     path = pathlib.Path(args.results)
-    results = load_results(path)
     models, targets = tuple(args.models.split(",")), tuple(args.targets.split(","))
     cells = _selected(all_cells(models, targets), [o for o in args.only.split(",") if o])
     for number, cell in enumerate(cells, 1):
-        if cell.key in results["cells"] and not args.force:
+        # Re-read each time: another driver may have finished this cell meanwhile.
+        if cell.key in load_results(path)["cells"] and not args.force:
             continue
         print(f"[{number}/{len(cells)}] {cell.key} ...", flush=True)
         result = _run_in_subprocess(cell, args.timeout)
-        results["cells"][cell.key] = result
-        results["versions"] = compile_report.versions()
-        save_results(results, path)
+        save_cell(path, result)
         print("   ", compile_report.one_line(result), flush=True)
-    table = compile_report.markdown(results, models, targets)
+    table = compile_report.markdown(load_results(path), models, targets)
     print(table)
     if args.write:
         compile_report.write_section(ROOT / "BENCHMARKS.md", table)

@@ -8,6 +8,9 @@ and show the collectives of its mesh mode and none of the others'.
 from __future__ import annotations
 
 import importlib.util
+import json
+import multiprocessing
+import pathlib
 
 import pytest
 
@@ -112,3 +115,27 @@ def test_v5e_fsdp_gathers_sharded_parameters(v5e_global):
     assert stats["collectives"]["all-gather"]["count"] > 0, stats["collectives"]
     # The state arguments are split four ways instead of replicated.
     assert result["bytes"]["argument"] < 0.6 * v5e_global["bytes"]["argument"]
+
+
+def _save_cells(path: str, prefix: str, count: int) -> None:
+    from benchmarks import target_compile
+
+    for index in range(count):
+        target_compile.save_cell(pathlib.Path(path), {"cell": f"{prefix}{index}/h100/ref"})
+
+
+def test_report_cache_keeps_the_cells_of_drivers_running_at_once(tmp_path):
+    """Two drivers filling one JSON cache at once (one per target, say) lose none of the cells."""
+    path = tmp_path / "target_compile.json"
+    context = multiprocessing.get_context("spawn")
+    drivers = [
+        context.Process(target=_save_cells, args=(str(path), name, 25)) for name in ("a", "b")
+    ]
+    for driver in drivers:
+        driver.start()
+    for driver in drivers:
+        driver.join(timeout=120)
+        assert driver.exitcode == 0
+    cells = json.loads(path.read_text())["cells"]
+    assert len(cells) == 50
+    assert {"a0/h100/ref", "b24/h100/ref"} <= set(cells)
