@@ -104,7 +104,7 @@ def mesh(target_name: str) -> Any:
     import jax
     import numpy as np
 
-    from imagenot_jax.sharding import DATA_AXIS
+    from imagenot_jax.train.sharding import DATA_AXIS
 
     return jax.sharding.Mesh(np.array(devices(target_name)), (DATA_AXIS,))
 
@@ -125,7 +125,7 @@ def abstract_batch(setup: Any, batch_size: int, *, eval_batch: bool = False) -> 
     import jax
     import jax.numpy as jnp
 
-    from imagenot_jax import sharding
+    from imagenot_jax.train import sharding
 
     config, batch_sharding = setup.config, sharding.batch_sharding(setup.mesh)
     size = config.input.eval_crop if eval_batch else config.input.image_size

@@ -162,7 +162,7 @@ def recipe_transforms(models=STUDY) -> dict[Transform, list[str]]:
 
 
 def grain_config(data_dir: pathlib.Path, workers: int, transform: Transform = Transform()):
-    from imagenot_jax import input_pipeline
+    from imagenot_jax.data import input_pipeline
 
     config = input_pipeline.default_config()
     config.data.name = "imagenot/256"
@@ -182,7 +182,7 @@ def grain_config(data_dir: pathlib.Path, workers: int, transform: Transform = Tr
 def time_grain(
     data_dir: pathlib.Path, workers: int, batches: int, transform: Transform = Transform()
 ) -> float:
-    from imagenot_jax import input_pipeline
+    from imagenot_jax.data import input_pipeline
 
     config = grain_config(data_dir, workers, transform)
     iterator = iter(input_pipeline.make_train_dataset(config, input_pipeline.ProcessShard()))
@@ -269,7 +269,7 @@ def profile_stages(data_dir: pathlib.Path, n: int = 1024) -> dict[str, float]:
     proto parse); "TFDS read + deserialize" is the one-record-per-call path it replaced, for
     reference, and is not part of the total.
     """
-    from imagenot_jax import image_ops, input_pipeline
+    from imagenot_jax.data import image_ops, input_pipeline
 
     source = input_pipeline.open_source("imagenot/256", "train", str(data_dir))
     reader = input_pipeline.RecordReader(source)

@@ -147,10 +147,10 @@ def _configure(config, *, global_batch: int, accum: int):
 
 
 def _compile_steps(config, target, *, global_batch: int, accum: int, with_eval: bool) -> dict:
-    from imagenot_jax import steps, train
+    from imagenot_jax.train import steps, trainer
 
     mesh = compile_targets.mesh(target.name)
-    setup = train.make_setup(config, mesh, NUM_TRAIN_EXAMPLES)
+    setup = trainer.make_setup(config, mesh, NUM_TRAIN_EXAMPLES)
     state = compile_targets.abstract_state(setup)
     batch = compile_targets.abstract_batch(setup, global_batch)
     result = compile_targets.compile_program(steps.make_train_step(setup), (state, batch), target)

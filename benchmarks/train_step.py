@@ -4,7 +4,7 @@
     python -m benchmarks.train_step --device gpu --write # one GPU: bf16, study models, MFU
 
 JAX side: the recipe config (configs/<file>.py, `dataset=imagenot`; the demo's own config for
-resnet_mini) with the case's model, resolution and batch, `train.make_setup` on a one-device
+resnet_mini) with the case's model, resolution and batch, `trainer.make_setup` on a one-device
 mesh, `setup.init()`, `steps.make_train_step`: normalisation, mixup/cutmix, label smoothing,
 forward, backward, optimizer, EMA, metrics, all in one jit. The batch is a device-resident uint8
 NHWC array (no input pipeline). Peer, in the same run: torchvision's same architecture (the demo's
@@ -119,10 +119,12 @@ def jax_runner(config, xla_conv_only: bool = False) -> tuple[Callable[[int], Non
 def _jax_runner(config) -> tuple[Callable[[int], None], dict]:
     import jax
 
-    from imagenot_jax import sharding, steps, train
+    from imagenot_jax.train import sharding, steps, trainer
 
     mesh = jax.make_mesh((1,), ("data",))
-    setup = train.make_setup(config, mesh, num_train_examples=1000 * config.input.global_batch_size)
+    setup = trainer.make_setup(
+        config, mesh, num_train_examples=1000 * config.input.global_batch_size
+    )
     state = setup.init()
     step = steps.make_train_step(setup)
     images, labels = _batch_arrays(config)
@@ -185,7 +187,7 @@ def _torch_model(config):
 def _torch_optimizer(config, params):
     import torch
 
-    from imagenot_jax import optim
+    from imagenot_jax.train import optim
 
     o = config.optim
     lr = optim.scaled_lr(o, config.input.global_batch_size)

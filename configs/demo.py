@@ -18,9 +18,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
     config = defaults.base_config()
 
-    # data
-    config.data.name = "fashion_mnist_local/all"
-    config.data.eval_split = "test"
+    # data: the embedded Fashion-MNIST (fashion_mnist_local/all: train / test)
+    defaults.set_dataset(config, "fashion_mnist")
 
     # input: 28x28 grayscale replicated to 3 channels, kept at native resolution, flips only.
     recipes.fashion_mnist_input(config, image_size=28)

@@ -4,8 +4,9 @@ Command:  python -m imagenot_jax.main \
               --config configs/transfer.py:init=WORKDIR,dataset=cifar10 --workdir W
 Argument: comma-separated items (WORKDIR may not contain a comma):
           init=WORKDIR[:STEP]  the pretrained run (latest checkpoint, or STEP), required
-          dataset=cifar10      TFDS `cifar10` (train / test, 32 px), the default
-          dataset=fashion_mnist  the offline `fashion_mnist_local/all` (train / test, 28 px)
+          dataset=NAME         a dataset with a train split from imagenot_jax/data/datasets.py:
+                               cifar10 (TFDS `cifar10`, 32 px) is the default; fashion_mnist is
+                               the offline `fashion_mnist_local/all` (28 px)
           probe                linear probe: only the new head trains (optim.trainable="head")
           size=N               train and eval resolution (default: the pretrained eval crop)
           smoke                a CPU-sized run (batch 8, 2 steps, 64 eval images, fp32)
@@ -31,12 +32,7 @@ import dataclasses
 import ml_collections
 
 from imagenot_jax import defaults, recipes, transfer
-
-# dataset argument -> (TFDS name, train split, eval split)
-DATASETS: dict[str, tuple[str, str, str]] = {
-    "cifar10": ("cifar10", "train", "test"),
-    "fashion_mnist": ("fashion_mnist_local/all", "train", "test"),
-}
+from imagenot_jax.data import datasets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,14 +53,15 @@ def parse_arg(arg: str | None) -> TransferArgs:
             values[item] = True
         elif key == "init" and value:
             values["init"] = value
-        elif key == "dataset" and value in DATASETS:
+        elif key == "dataset" and value in datasets.list_datasets(trainable=True):
             values["dataset"] = value
         elif key == "size" and value.isdigit() and int(value) > 0:
             values["size"] = int(value)
         else:
             raise ValueError(
                 f"config argument {item!r}: expected 'init=WORKDIR[:STEP]' and optionally "
-                f"'dataset=<{'|'.join(DATASETS)}>', 'probe', 'size=N', 'smoke', comma-separated"
+                f"'dataset=<{'|'.join(datasets.list_datasets(trainable=True))}>', 'probe', "
+                "'size=N', 'smoke', comma-separated"
             )
     if "init" not in values:
         raise ValueError(
@@ -79,8 +76,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     pretrained = transfer.pretrained_config(args.init)
     config = defaults.base_config()
 
-    # data
-    config.data.name, config.data.train_split, config.data.eval_split = DATASETS[args.dataset]
+    # data (its mean/std are replaced below by the pretrained run's)
+    defaults.set_dataset(config, args.dataset)
 
     # model: the pretrained architecture; num_classes from the new dataset
     config.model.name = pretrained.model.name

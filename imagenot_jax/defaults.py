@@ -8,10 +8,10 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from imagenot_jax import checkpoint, input_pipeline, optim, sharding
+from imagenot_jax.data import datasets, input_pipeline
+from imagenot_jax.train import checkpoint, optim, sharding
 
-IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)  # 0..255 units
-IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
+DEFAULT_DATASET = "imagenot"  # the study's dataset (imagenot_jax/data/datasets.py)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -24,8 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     # input (host pipeline, then normalization and mixing on device)
     config.input = pipeline.input
-    config.input.mean = IMAGENET_MEAN
-    config.input.std = IMAGENET_STD
+    set_dataset(config, DEFAULT_DATASET)  # data.name and splits, input.mean/std
     config.input.mixup_alpha = 0.0  # torchvision --mixup-alpha (0: off)
     config.input.cutmix_alpha = 0.0  # torchvision --cutmix-alpha (0: off)
 
@@ -75,3 +74,15 @@ def base_config() -> ml_collections.ConfigDict:
     # (TensorBoard profile plugin / Perfetto); None: no trace.
     config.logging.profile_steps = config_dict.placeholder(tuple)
     return config
+
+
+def set_dataset(config: ml_collections.ConfigDict, name: str) -> datasets.DatasetSpec:
+    """Points `config` at the registered dataset `name`: its TFDS name, train and eval splits, and
+    its normalisation (input.mean/std)."""
+    spec = datasets.get(name)
+    config.data.name = spec.tfds_name
+    config.data.train_split = spec.train_split or spec.eval_split
+    config.data.eval_split = spec.eval_split
+    config.input.mean = spec.mean
+    config.input.std = spec.std
+    return spec

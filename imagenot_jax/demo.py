@@ -17,14 +17,17 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from imagenot_jax import evaluate, input_pipeline, suite, train
+from imagenot_jax import suite
 from imagenot_jax.cli import (
     define_compilation_cache_flag,
     enable_compilation_cache,
     quiet_library_logs,
     run_user_command,
 )
-from imagenot_jax.datasets import prepare_dataset
+from imagenot_jax.data import input_pipeline
+from imagenot_jax.data.datasets import prepare_dataset
+from imagenot_jax.evaluate import evaluation
+from imagenot_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.")
 _WORKDIR = flags.DEFINE_string("workdir", ".data/demo", "Training workdir.")
@@ -61,9 +64,9 @@ def run(config, workdir: str, data_dir: str, manual_dir: str | None) -> None:
     config.data.data_dir = data_dir
     prepare_dataset(config.data.name, data_dir, manual_dir)
     start = time.perf_counter()
-    train.train_and_evaluate(config, workdir)
+    trainer.train_and_evaluate(config, workdir)
     train_seconds = time.perf_counter() - start
-    result, path = evaluate.evaluate_checkpoint(workdir)
+    result, path = evaluation.evaluate_checkpoint(workdir)
     print_result(result, train_seconds)
     print(f"\nwrote {path}")
 

@@ -20,21 +20,16 @@ from typing import Any
 import ml_collections
 
 from imagenot_jax import defaults
+from imagenot_jax.data import datasets
 
-# dataset argument -> (TFDS name, train split, eval split)
-DATASETS: dict[str, tuple[str, str, str]] = {
-    "imagenot": ("imagenot/256", "train", "validation"),
-    "imagenet": ("imagenet2012", "train", "validation"),
-    # The embedded default (Debian's dataset-fashion-mnist, built by `make demo`): smoke runs.
-    "fashion_mnist": ("fashion_mnist_local/all", "train", "test"),
-}
+# The embedded default (Debian's dataset-fashion-mnist, built by `make demo`): smoke runs.
 SMOKE_DATASET = "fashion_mnist"
 SMOKE_EVAL_EXAMPLES = 64  # eval on a slice of the eval split: enough to exercise the eval path
 
 
 @dataclasses.dataclass(frozen=True)
 class RecipeArgs:
-    dataset: str = "imagenot"
+    dataset: str = defaults.DEFAULT_DATASET
     smoke: bool = False
 
 
@@ -45,15 +40,16 @@ def parse_arg(arg: str | None) -> RecipeArgs:
         key, _, value = item.partition("=")
         if item == "smoke":
             smoke = True
-        elif key == "dataset" and value in DATASETS:
+        elif key == "dataset" and value in datasets.list_datasets(trainable=True):
             dataset = value
         else:
             raise ValueError(
-                f"config argument {item!r}: expected 'dataset=<{'|'.join(DATASETS)}>' "
+                f"config argument {item!r}: expected "
+                f"'dataset=<{'|'.join(datasets.list_datasets(trainable=True))}>' "
                 "and/or 'smoke', comma-separated"
             )
     if dataset is None:
-        dataset = SMOKE_DATASET if smoke else "imagenot"
+        dataset = SMOKE_DATASET if smoke else defaults.DEFAULT_DATASET
     return RecipeArgs(dataset=dataset, smoke=smoke)
 
 
@@ -61,7 +57,7 @@ def recipe_config(model: str, arg: str | None) -> tuple[ml_collections.ConfigDic
     """The base config for `model` on the dataset the argument names (bf16 compute)."""
     args = parse_arg(arg)
     config = defaults.base_config()
-    config.data.name, config.data.train_split, config.data.eval_split = DATASETS[args.dataset]
+    defaults.set_dataset(config, args.dataset)
     config.model.name = model
     config.model.dtype = "bfloat16"  # torchvision's --amp; params and norm stats stay fp32
     return config, args
@@ -146,18 +142,15 @@ def modern_recipe(
     config.schedule.warmup_method = "linear"
 
 
-FASHION_MNIST_MEAN = (72.94,) * 3  # 0..255 units, over the training images
-FASHION_MNIST_STD = (90.02,) * 3
-
-
 def fashion_mnist_input(config: ml_collections.ConfigDict, *, image_size: int = 28) -> None:
     """The embedded Fashion-MNIST's input: 28 px grayscale replicated to 3 channels, its own
     mean/std, flips only (centred 28 px objects: random crops cost more accuracy than they add
     in a few epochs), resized to `image_size` for nets that need larger inputs."""
+    fashion = datasets.get(SMOKE_DATASET)
     config.input.image_size = image_size
     config.input.rrc_scale = (1.0, 1.0)
     config.input.rrc_ratio = (1.0, 1.0)
     config.input.eval_resize = image_size
     config.input.eval_crop = image_size
-    config.input.mean = FASHION_MNIST_MEAN
-    config.input.std = FASHION_MNIST_STD
+    config.input.mean = fashion.mean
+    config.input.std = fashion.std

@@ -3,8 +3,9 @@
     python -m imagenot_jax.suite --suite configs/suites/fashion_halves.py --workdir DIR \
         [--data_dir D] [--suite.runs.resnet18.schedule.epochs=3 ...]
 
-The suite config names the two datasets (`a`, `b`), the runs (one full run config each, its
-data section filled in per dataset) and the ranking's base model. Every run trains in
+The suite config names the two datasets (`a`, `b`: names registered in
+imagenot_jax/data/datasets.py), the runs (one full run config each, its data section filled in per
+dataset) and the ranking's base model. Every run trains in
 `DIR/<a|b label>/<run>`, is evaluated from its final checkpoint, and is marked done; a rerun
 skips finished runs and resumes interrupted ones, so the suite is resumable at any point.
 The comparison (`imagenot_jax.rank`) goes to `DIR/report/`.
@@ -21,14 +22,15 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from imagenot_jax import evaluate, input_pipeline, train
 from imagenot_jax.cli import (
     define_compilation_cache_flag,
     enable_compilation_cache,
     quiet_library_logs,
     run_user_command,
 )
-from imagenot_jax.datasets import prepare_dataset
+from imagenot_jax.data import datasets, input_pipeline
+from imagenot_jax.evaluate import evaluation
+from imagenot_jax.train import trainer
 
 _DONE = "suite_done.json"  # written last in a run's workdir: {"eval": <eval json path>, ...}
 
@@ -39,10 +41,10 @@ def run_one(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[epa
     if done.exists():
         return epath.Path(json.loads(done.read_text())["eval"]), False
     start = time.perf_counter()
-    train.train_and_evaluate(config, str(workdir))
+    trainer.train_and_evaluate(config, str(workdir))
     seconds = time.perf_counter() - start
-    result, path = evaluate.evaluate_checkpoint(str(workdir))
-    print(evaluate.format_result(result))
+    result, path = evaluation.evaluate_checkpoint(str(workdir))
+    print(evaluation.format_result(result))
     done.write_text(json.dumps({"eval": str(path), "train_seconds": seconds}) + "\n")
     return path, True
 
@@ -50,11 +52,13 @@ def run_one(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[epa
 def run_configs(
     suite: ml_collections.ConfigDict, side: str, data_dir: str | None
 ) -> dict[str, ml_collections.ConfigDict]:
-    """The runs of one side (`a` or `b`), their data section pointed at that side's dataset."""
+    """The runs of one side (`a` or `b`), their data section pointed at that side's dataset
+    (the runs' own splits, slices included, and normalisation stay)."""
+    spec = datasets.get(suite[side].data)
     runs = {}
     for name, base in suite.runs.items():
         config = ml_collections.ConfigDict(base.to_dict())
-        config.data.name = suite[side].data
+        config.data.name = spec.tfds_name
         if data_dir:
             config.data.data_dir = data_dir
         runs[name] = config
@@ -66,8 +70,10 @@ def run_suite(
 ) -> dict[str, Any]:
     """Every run on both datasets (skipping finished ones), then the ranking comparison."""
     root = epath.Path(workdir)
-    for side in ("a", "b"):  # a no-op where built; builds the project's own offline datasets
-        prepare_dataset(suite[side].data, data_dir or input_pipeline.default_data_dir())
+    for side in ("a", "b"):  # builds the project's own offline datasets; a no-op where built
+        spec = datasets.get(suite[side].data)
+        if spec.builder:
+            datasets.prepare_dataset(spec.tfds_name, data_dir or input_pipeline.default_data_dir())
     evals: dict[str, list[str]] = {}
     trained = 0
     for side in ("a", "b"):
@@ -78,11 +84,12 @@ def run_suite(
             path, ran = run_one(config, root / label / name)
             evals[side].append(f"{name}={path}")
             trained += ran
-    from imagenot_jax import rank, rank_report  # matplotlib & co., needed only now
+    # matplotlib & co., needed only now
+    from imagenot_jax.rank import ranking, report
 
-    summary = rank.compare(
-        rank.load_result_set(evals["a"]),
-        rank.load_result_set(evals["b"]),
+    summary = ranking.compare(
+        ranking.load_result_set(evals["a"]),
+        ranking.load_result_set(evals["b"]),
         str(root / "report"),
         base=suite.base,
         bootstrap=suite.bootstrap,
@@ -90,7 +97,7 @@ def run_suite(
         b_label=suite.b.label,
     )
     print(f"suite: {trained} runs trained, {2 * len(suite.runs) - trained} already done")
-    print(rank_report.format_summary(summary))
+    print(report.format_summary(summary))
     print(f"suite: report in {root / 'report'}")
     return summary
 

@@ -34,7 +34,8 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from imagenot_jax import checkpoint, models
+from imagenot_jax import models
+from imagenot_jax.train import checkpoint
 
 TRAINABLE = ("all", "head")
 COLLECTIONS = ("params", "batch_stats")  # the TrainState fields copied from the checkpoint

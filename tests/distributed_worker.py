@@ -4,7 +4,7 @@
 
 MODE `steps`: a few train steps through the public pieces (per-process pipeline slice ->
 global batch -> jitted step), then print a JSON line with this process's replicas of the
-parameters (checksums); MODE `full`: `train.train_and_evaluate` end to end.
+parameters (checksums); MODE `full`: `trainer.train_and_evaluate` end to end.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import demo
-from imagenot_jax import input_pipeline, sharding, steps, train
+from imagenot_jax.data import input_pipeline
+from imagenot_jax.train import sharding, steps, trainer
 
 STEPS = 4
 
@@ -47,7 +48,7 @@ def make_config(process_id: int, num_processes: int, port: int, data_dir: str):
 def run_steps(config) -> dict:
     sharding.initialize_distributed(config.mesh)
     mesh = sharding.make_mesh()
-    setup = train.make_setup(config, mesh, num_train_examples=96)
+    setup = trainer.make_setup(config, mesh, num_train_examples=96)
     step_fn = steps.make_train_step(setup)
     state = setup.init()
     iterator = iter(input_pipeline.make_train_dataset(config))
@@ -70,7 +71,7 @@ def main() -> None:
     if mode == "steps":
         print("RESULT " + json.dumps(run_steps(config)), flush=True)
     else:
-        result = train.train_and_evaluate(config, workdir)
+        result = trainer.train_and_evaluate(config, workdir)
         print("RESULT " + json.dumps({"process": jax.process_index(), **result}), flush=True)
 
 

@@ -14,9 +14,9 @@ from test_input_pipeline import _assert_same_batches, _config, _take, data_dir  
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
-from imagenot_jax import augment, input_pipeline, random_erasing
-from imagenot_jax.defaults import IMAGENET_MEAN
-from imagenot_jax.input_pipeline import ProcessShard
+from imagenot_jax.data import augment, input_pipeline, random_erasing
+from imagenot_jax.data.datasets import IMAGENET_MEAN
+from imagenot_jax.data.input_pipeline import ProcessShard
 
 H, W = 112, 144  # not square, so width/height mix-ups show
 

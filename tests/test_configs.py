@@ -10,8 +10,9 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from imagenot_jax import reference, train
 from imagenot_jax.models import list_models
+from imagenot_jax.rank import reference
+from imagenot_jax.train import trainer
 from tests.conftest import REPO
 
 CONFIG_DIR = REPO / "configs"
@@ -68,7 +69,7 @@ def test_bad_config_argument_is_one_line_error():
 def test_full_size_model_builds_abstractly(name):
     config = load_config(name)
     config.model.num_classes = 1000
-    model = nnx.eval_shape(lambda: train.build_model(config, 1000))
+    model = nnx.eval_shape(lambda: trainer.build_model(config, 1000))
     graphdef, state = nnx.split(model)
     size = config.input.image_size
     x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.bfloat16)
@@ -92,7 +93,7 @@ def test_smoke_config_trains_and_evaluates(name, fake_fashion_mnist, tmp_path):
     config.data.data_dir = str(fake_fashion_mnist)
     config.data.eval_split = "test[:16]"  # the fake split has 21 examples
     config.schedule.num_steps = 1
-    metrics = train.train_and_evaluate(config, str(tmp_path))
+    metrics = trainer.train_and_evaluate(config, str(tmp_path))
     assert metrics["val_n"] == 16
     assert jnp.isfinite(metrics["val_loss"])
     assert (tmp_path / "checkpoints" / "1").is_dir()

@@ -1,4 +1,4 @@
-"""torchvision weights -> our checkpoint -> imagenot_jax.evaluate, end to end.
+"""torchvision weights -> our checkpoint -> imagenot_jax.evaluate.evaluation, end to end.
 
 The identity of every converted model's function is proven in test_model_zoo.py; here the
 files and commands around it: .pth reading, the CLI's workdir, and an evaluation of converted
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from configs import demo
-from imagenot_jax import evaluate, input_pipeline
+from imagenot_jax.data import input_pipeline
+from imagenot_jax.evaluate import evaluation
 from imagenot_jax.models import convert
 from tests.conftest import FAKE_FASHION_TEST, REPO
 
@@ -100,7 +101,7 @@ def test_evaluating_converted_weights_reproduces_torchvision_predictions(
     config = convert.conversion_config("resnet18", 10, config)
     model = convert.from_torchvision("resnet18", resnet18_10_classes.state_dict(), num_classes=10)
     workdir = convert.write_checkpoint(model, config, str(tmp_path / "tv_resnet18"))
-    result, path = evaluate.evaluate_checkpoint(str(workdir), batch_size=8)
+    result, path = evaluation.evaluate_checkpoint(str(workdir), batch_size=8)
     assert result["n"] == FAKE_FASHION_TEST and result["step"] == 0 and not result["ema"]
     examples = np.load(path.parent / f"{path.stem}.examples.npz")
     keys, images = _eval_images(config, fake_fashion_mnist)

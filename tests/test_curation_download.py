@@ -217,8 +217,8 @@ def test_tfds_build_and_grain_batch(downloaded, tmp_path):
 
     import tensorflow_datasets as tfds
 
-    from imagenot_jax import input_pipeline
-    from imagenot_jax.input_pipeline import ProcessShard
+    from imagenot_jax.data import input_pipeline
+    from imagenot_jax.data.input_pipeline import ProcessShard
 
     info = tfds.builder("imagenot/256", data_dir=str(data_dir)).info
     assert {s: info.splits[s].num_examples for s in info.splits} == {

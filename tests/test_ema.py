@@ -1,4 +1,4 @@
-"""imagenot_jax.ema against torch's AveragedModel, driven as torchvision's train.py drives it."""
+"""imagenot_jax.train.ema vs torch's AveragedModel, driven as torchvision's train.py drives it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imagenot_jax import ema
+from imagenot_jax.train import ema
 
 
 def test_ema_decay_matches_torchvision_adjustment():

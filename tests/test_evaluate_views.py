@@ -1,5 +1,5 @@
 """Evaluation views: class maps (LAIONet-style class subsets), ReaL multi-label accuracy and
-ImageNetV2 as just another dataset, end to end through imagenot_jax.evaluate.
+ImageNetV2 as just another dataset, end to end through imagenot_jax.evaluate.evaluation.
 
 The real datasets need manual downloads, and tfds.testing.mock_data cannot stand in for them: its
 builders are not `is_prepared()` (open_source refuses them) and its examples are random. So each
@@ -28,8 +28,10 @@ from flax import nnx
 from PIL import Image
 
 from configs import demo
-from imagenot_jax import defaults, eval_views, evaluate, image_ops, steps, train
+from imagenot_jax.data import datasets, image_ops
+from imagenot_jax.evaluate import evaluation, views
 from imagenot_jax.models import convert
+from imagenot_jax.train import steps, trainer
 from tests.conftest import REPO
 
 N = 21  # examples per dataset; no multiple of the eval batch (8)
@@ -124,7 +126,7 @@ def _random_model(config) -> nnx.Module:
         fan_in = int(np.prod(leaf.shape[:-1])) if name == "kernel" else 100
         return (rng.normal(0, 1, leaf.shape) * np.sqrt(2 / fan_in)).astype(leaf.dtype)
 
-    abstract = nnx.eval_shape(lambda: train.build_model(config, NUM_X))
+    abstract = nnx.eval_shape(lambda: trainer.build_model(config, NUM_X))
     graph, *states = nnx.split(abstract, nnx.Param, nnx.BatchStat, ...)
     return nnx.merge(graph, *[jax.tree_util.tree_map_with_path(draw, s) for s in states])
 
@@ -140,7 +142,7 @@ def setup(tmp_path_factory):
     config = demo.get_config()
     config.data.name = "imagenet2012"  # the training data: only its class names are read
     config.data.data_dir = str(root / "data")
-    config.input.mean, config.input.std = defaults.IMAGENET_MEAN, defaults.IMAGENET_STD
+    config.input.mean, config.input.std = datasets.IMAGENET_MEAN, datasets.IMAGENET_STD
     config.input.eval_resize, config.input.eval_crop = 36, 32
     config.input.eval_batch_size, config.input.num_workers = 8, 0
     config.model.kwargs.widths = (4, 8, 8)
@@ -229,7 +231,7 @@ def _expected(logits: np.ndarray, labels: np.ndarray, classes: np.ndarray | None
 
 
 def test_imagenet_v2_is_another_dataset_and_identity_subset_restricts_logits(setup):
-    result, path = evaluate.evaluate_checkpoint(
+    result, path = evaluation.evaluate_checkpoint(
         setup["workdir"], dataset="imagenet_v2/matched-frequency", split="test", save_logits=True
     )
     assert path.name == "imagenet_v2_matched-frequency-test-0.json"
@@ -248,10 +250,10 @@ def test_imagenet_v2_is_another_dataset_and_identity_subset_restricts_logits(set
     assert result["top1"] == pytest.approx(top1) and result["top5"] == pytest.approx(top5)
     assert result["mean_per_class_recall"] == pytest.approx(mean_recall)
     assert result["mean_per_class_recall"] != pytest.approx(result["top1"])  # unequal classes
-    assert "equal-weighted accuracy (mean per-class recall)" in evaluate.format_result(result)
+    assert "equal-weighted accuracy (mean per-class recall)" in evaluation.format_result(result)
 
     # --class_map identity: the labels are ImageNet indices; the model answers among those seen.
-    subset, path = evaluate.evaluate_checkpoint(
+    subset, path = evaluation.evaluate_checkpoint(
         setup["workdir"], dataset="imagenet_v2/matched-frequency", split="test",
         class_map="identity",
     )  # fmt: skip
@@ -271,7 +273,7 @@ def test_imagenet_v2_is_another_dataset_and_identity_subset_restricts_logits(set
 
 
 def test_real_multilabel_accuracy_counts_excluded_images(setup):
-    result, path = evaluate.evaluate_checkpoint(
+    result, path = evaluation.evaluate_checkpoint(
         setup["workdir"], dataset="imagenet2012_real", split="validation", save_logits=True
     )
     examples = _examples(path)
@@ -288,9 +290,9 @@ def test_real_multilabel_accuracy_counts_excluded_images(setup):
     assert result["real_top1"] == pytest.approx(real_hits[valid].mean())
     np.testing.assert_array_equal(examples["real_valid"], valid)
     np.testing.assert_array_equal(examples["real_correct"], real_hits & valid)
-    assert "ReaL top-1" in evaluate.format_result(result)
+    assert "ReaL top-1" in evaluation.format_result(result)
     with pytest.raises(ValueError, match="has no 'real_label' feature"):
-        evaluate.evaluate_checkpoint(
+        evaluation.evaluate_checkpoint(
             setup["workdir"], dataset="imagenet_v2/matched-frequency", split="test", real=True
         )
 
@@ -307,7 +309,7 @@ def test_class_map_file_json_and_wnid_give_the_subset_metrics(setup, tmp_path):
 
     results = {}
     for spec in (str(tsv), str(js), "wnid"):
-        results[spec], path = evaluate.evaluate_checkpoint(
+        results[spec], path = evaluation.evaluate_checkpoint(
             setup["workdir"], dataset="laionet_fake", split="test", class_map=spec,
             save_logits=True,
         )  # fmt: skip
@@ -327,10 +329,10 @@ def test_class_map_file_json_and_wnid_give_the_subset_metrics(setup, tmp_path):
         for field in ("top1", "top5", "loss", "mean_per_class_recall", "unrestricted_top1"):
             assert other[field] == pytest.approx(result[field]), (spec, field)
     assert results["wnid"]["class_map"]["source"] == "wnid"
-    assert "restricted to the 6 classes" in evaluate.format_result(result)
+    assert "restricted to the 6 classes" in evaluation.format_result(result)
 
     with pytest.raises(ValueError, match=r"has 6 classes and the model 1000.*--class_map"):
-        evaluate.evaluate_checkpoint(setup["workdir"], dataset="laionet_fake", split="test")
+        evaluation.evaluate_checkpoint(setup["workdir"], dataset="laionet_fake", split="test")
 
     command = [
         sys.executable, "-m", "imagenot_jax.evaluate", f"--workdir={setup['workdir']}",
@@ -348,7 +350,7 @@ def test_class_map_file_json_and_wnid_give_the_subset_metrics(setup, tmp_path):
 def _file_map(path, text, **kwargs):
     path.write_text(text)
     options = {"y_names": ["cat", "dog", "fox"], "num_y": 3, "x_names": X_NAMES, "num_x": NUM_X}
-    return eval_views.file_map(str(path), **(options | kwargs))
+    return views.file_map(str(path), **(options | kwargs))
 
 
 def test_file_map_parsing(tmp_path):
@@ -359,10 +361,10 @@ def test_file_map_parsing(tmp_path):
                                   "num_labels": 3}  # fmt: skip
     np.testing.assert_array_equal(mapping.map_labels(np.array([2, 1, 5, -1])), [7, 0, -1, -1])
     (tmp_path / "ints.tsv").write_text("0\t3\n2\t5\n1\t3\n")  # no label space known
-    mapping = eval_views.file_map(str(tmp_path / "ints.tsv"), y_names=None, num_y=None,
+    mapping = views.file_map(str(tmp_path / "ints.tsv"), y_names=None, num_y=None,
                                   x_names=None, num_x=10)  # fmt: skip
     np.testing.assert_array_equal(mapping.y_to_x, [3, 3, 5])
-    identity = eval_views.identity_map(np.array([4, 2, 4]), NUM_X)
+    identity = views.identity_map(np.array([4, 2, 4]), NUM_X)
     np.testing.assert_array_equal(identity.classes, [2, 4])
     assert identity.map_labels(np.array([4, 3]))[1] == -1
 
@@ -388,20 +390,20 @@ def test_bad_class_maps_are_one_line_errors(tmp_path, text, message):
 
 def test_missing_map_file_and_bad_identity_or_wnid_maps(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nope\.tsv: class map file not found"):
-        eval_views.file_map(str(tmp_path / "nope.tsv"), y_names=None, num_y=None,
+        views.file_map(str(tmp_path / "nope.tsv"), y_names=None, num_y=None,
                             x_names=None, num_x=10)  # fmt: skip
     with pytest.raises(ValueError, match=r"labels \[10\] are not classes of the model"):
-        eval_views.identity_map(np.array([1, 10]), 10)
+        views.identity_map(np.array([1, 10]), 10)
     with pytest.raises(ValueError, match="1 of the dataset's 2 classes are not classes of the mo"):
-        eval_views.wnid_map(["n01440764", "n00000000"], X_NAMES)
+        views.wnid_map(["n01440764", "n00000000"], X_NAMES)
     with pytest.raises(ValueError, match="evaluated dataset's `label` feature has no class names"):
-        eval_views.wnid_map(["0", "1"], X_NAMES)
+        views.wnid_map(["0", "1"], X_NAMES)
 
 
 def test_real_metrics_in_numpy():
-    sets = eval_views.map_label_sets([np.array([3, 1]), np.array([], np.int64), [5]], None)
-    result = eval_views.real_metrics(np.array([1, 1, 4]), sets)
+    sets = views.map_label_sets([np.array([3, 1]), np.array([], np.int64), [5]], None)
+    result = views.real_metrics(np.array([1, 1, 4]), sets)
     assert result == {"real_n": 2, "real_correct": 1, "real_top1": 0.5, "real_excluded": 1}
-    np.testing.assert_array_equal(eval_views.pad_label_sets(sets), [[1, 3], [-1, -1], [5, -1]])
-    mapping = eval_views.identity_map(np.array([3]), 10)  # label 1 unmapped: dropped
-    assert [s.tolist() for s in eval_views.map_label_sets([[3, 1], [1]], mapping)] == [[3], []]
+    np.testing.assert_array_equal(views.pad_label_sets(sets), [[1, 3], [-1, -1], [5, -1]])
+    mapping = views.identity_map(np.array([3]), 10)  # label 1 unmapped: dropped
+    assert [s.tolist() for s in views.map_label_sets([[3, 1], [1]], mapping)] == [[3], []]

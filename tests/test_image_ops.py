@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from imagenot_jax import image_ops
+from imagenot_jax.data import image_ops
 
 
 def _jpeg(width: int, height: int, quality: int = 95) -> bytes:

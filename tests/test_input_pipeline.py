@@ -13,8 +13,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from imagenot_jax import augment, input_pipeline
-from imagenot_jax.input_pipeline import ProcessShard
+from imagenot_jax.data import augment, input_pipeline
+from imagenot_jax.data.input_pipeline import ProcessShard
 from tfds_imagenot.fashion_mnist_local import Builder as FashionBuilder
 from tfds_imagenot.fashion_mnist_local.testing import write_fake_fashion_mnist
 from tfds_imagenot.imagenot import Builder as ImageNotBuilder

@@ -1,4 +1,4 @@
-"""imagenot_jax.mixing against torchvision.transforms.v2.MixUp / CutMix."""
+"""imagenot_jax.train.mixing against torchvision.transforms.v2.MixUp / CutMix."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imagenot_jax import mixing
+from imagenot_jax.train import mixing
 
 B, H, W, C, K = 6, 10, 14, 3, 7
 _STATIC = ("mixup_alpha", "cutmix_alpha", "num_groups")

@@ -19,9 +19,9 @@ import pytest
 from flax import nnx
 
 import imagenot_jax.models.vit as vit  # registers the family
-from imagenot_jax import optim
 from imagenot_jax.models.registry import list_models
 from imagenot_jax.models.torch_weights import load_torchvision
+from imagenot_jax.train import optim
 
 import model_parity
 

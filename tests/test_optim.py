@@ -1,4 +1,4 @@
-"""imagenot_jax.optim against torch.optim and torchvision's reference-script recipes."""
+"""imagenot_jax.train.optim against torch.optim and torchvision's reference-script recipes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from imagenot_jax import optim
+from imagenot_jax.train import optim
 
 EPOCHS = 20
 STEPS_PER_EPOCH = 4

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from imagenot_jax import rank, rank_stats, reference
+from imagenot_jax.rank import ranking, reference
+from imagenot_jax.rank import stats as rank_stats
 from tests.conftest import REPO
 
 # --- the reference table --------------------------------------------------------------------
@@ -263,23 +264,23 @@ def workdirs(tmp_path):
 
 
 def test_workdirs_pick_the_newest_eval_or_the_filtered_one(workdirs):
-    newest = rank.load_result_set(",".join(workdirs))
+    newest = ranking.load_result_set(",".join(workdirs))
     assert {r.dataset for r in newest.models.values()} == {"fake/b"}
     assert newest.label == "fake/b test"
-    filtered = rank.load_result_set(workdirs, dataset="fake/a", split="test")
+    filtered = ranking.load_result_set(workdirs, dataset="fake/a", split="test")
     assert {r.dataset for r in filtered.models.values()} == {"fake/a"}
     assert filtered.models["vgg19"].year == 2014 and filtered.models["vgg19"].examples
     with pytest.raises(ValueError, match="no eval JSON for dataset=fake/c"):
-        rank.load_result_set(workdirs, dataset="fake/c")
+        ranking.load_result_set(workdirs, dataset="fake/c")
 
 
 def test_compare_end_to_end_through_the_api(workdirs, tmp_path):
-    a = rank.load_result_set(workdirs, dataset="fake/a")
-    b = rank.load_result_set(
+    a = ranking.load_result_set(workdirs, dataset="fake/a")
+    b = ranking.load_result_set(
         [*workdirs, f"extra={write_eval(tmp_path / 'x', 'resnet18', 0.5, dataset='fake/b')}"]
     )
     out = tmp_path / "report"
-    got = rank.compare(a, b, str(out), bootstrap=200, seed=1)
+    got = ranking.compare(a, b, str(out), bootstrap=200, seed=1)
     for name in ("ranking.json", "report.md", "report.html", "relative_improvement.png",
                  "accuracy_scatter.png", "rank_vs_rank.png"):  # fmt: skip
         assert (out / name).stat().st_size > 0, name
@@ -307,8 +308,8 @@ def test_compare_end_to_end_through_the_api(workdirs, tmp_path):
 
 
 def test_reference_table_against_itself_and_a_permuted_copy(tmp_path):
-    table = rank.load_result_set("torchvision-imagenet1k")
-    same = rank.compare(table, table, str(tmp_path / "same"), bootstrap=10)
+    table = ranking.load_result_set("torchvision-imagenet1k")
+    same = ranking.compare(table, table, str(tmp_path / "same"), bootstrap=10)
     assert same["kendall_tau_b"]["value"] == 1.0 and same["spearman_rho"]["value"] == 1.0
     assert same["kendall_tau_b"]["ci95"] is None  # nothing to resample
     assert same["relative_improvement"]["without_base"]["pearson"]["r"] == pytest.approx(1.0)
@@ -319,7 +320,7 @@ def test_reference_table_against_itself_and_a_permuted_copy(tmp_path):
     swapped = dict(nine)
     for x, y in (("vgg19", "mobilenet_v3_large"), ("mobilenet_v3_large", "vgg19")):
         swapped[x] = dataclasses.replace(nine[x], metrics=dict(nine[y].metrics))
-    got = rank.compare(
+    got = ranking.compare(
         dataclasses.replace(table, models=nine), dataclasses.replace(table, models=swapped),
         str(tmp_path / "swapped"), bootstrap=0, b_label="swapped",
     )  # fmt: skip
@@ -332,8 +333,8 @@ def test_reference_table_against_itself_and_a_permuted_copy(tmp_path):
 
 
 def test_reference_against_runs_resamples_only_the_runs(workdirs, tmp_path):
-    runs = rank.load_result_set(workdirs, dataset="fake/b")
-    got = rank.compare(rank.load_result_set("torchvision-imagenet1k"), runs,
+    runs = ranking.load_result_set(workdirs, dataset="fake/b")
+    got = ranking.compare(ranking.load_result_set("torchvision-imagenet1k"), runs,
                        str(tmp_path / "out"), bootstrap=100, metric="top5")  # fmt: skip
     assert got["bootstrap"]["resampled"] == {"a": False, "b": True}
     assert got["kendall_tau_b"]["ci95"] is not None and got["metric"] == "top5"
@@ -343,7 +344,7 @@ def test_reference_against_runs_resamples_only_the_runs(workdirs, tmp_path):
 
 def test_html_report_is_self_contained(workdirs, tmp_path):
     out = tmp_path / "out"
-    rank.compare(*(rank.load_result_set(workdirs, dataset=d) for d in ("fake/a", "fake/b")),
+    ranking.compare(*(ranking.load_result_set(workdirs, dataset=d) for d in ("fake/a", "fake/b")),
                  str(out), bootstrap=50)  # fmt: skip
     images, external = [], []
 
@@ -370,7 +371,7 @@ def test_html_report_renders_in_headless_chromium(workdirs, tmp_path):
     if browser is None:
         pytest.skip("no headless browser: apt-get install chromium")
     out = tmp_path / "out"
-    rank.compare(*(rank.load_result_set(workdirs, dataset=d) for d in ("fake/a", "fake/b")),
+    ranking.compare(*(ranking.load_result_set(workdirs, dataset=d) for d in ("fake/a", "fake/b")),
                  str(out), bootstrap=50)  # fmt: skip
     result = subprocess.run(
         [browser, "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom",
@@ -387,30 +388,32 @@ def test_html_report_renders_in_headless_chromium(workdirs, tmp_path):
 
 def test_bad_inputs_are_one_line_errors(workdirs, tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
-        rank.load_result_set(str(tmp_path / "missing.json"))
+        ranking.load_result_set(str(tmp_path / "missing.json"))
     (tmp_path / "bad.json").write_text(json.dumps({"top1": 0.5, "n": 3}))
     with pytest.raises(ValueError, match=r"bad\.json: no 'model' field"):
-        rank.load_result_set(str(tmp_path / "bad.json"))
+        ranking.load_result_set(str(tmp_path / "bad.json"))
     with pytest.raises(ValueError, match="unknown result set 'imagenet21k'"):
-        rank.load_result_set("imagenet21k")
+        ranking.load_result_set("imagenet21k")
     with pytest.raises(ValueError, match="has no mean_per_class_recall"):
-        rank.load_result_set("torchvision-imagenet1k", metric="mean_per_class_recall")
+        ranking.load_result_set("torchvision-imagenet1k", metric="mean_per_class_recall")
     with pytest.raises(ValueError, match="two runs named 'vgg19'"):
-        rank.load_result_set([workdirs[1], workdirs[1]])
-    two = rank.load_result_set(workdirs[:2])
-    table = rank.load_result_set("torchvision-imagenet1k")
+        ranking.load_result_set([workdirs[1], workdirs[1]])
+    two = ranking.load_result_set(workdirs[:2])
+    table = ranking.load_result_set("torchvision-imagenet1k")
     with pytest.raises(ValueError, match=r"2 model\(s\) in both sets .* needs at least 3"):
-        rank.compare(table, two, str(tmp_path / "out"))
+        ranking.compare(table, two, str(tmp_path / "out"))
     with pytest.raises(ValueError, match="base model 'lenet' is not in set"):
-        rank.compare(table, rank.load_result_set(workdirs), str(tmp_path / "out"), base="lenet")
+        ranking.compare(
+            table, ranking.load_result_set(workdirs), str(tmp_path / "out"), base="lenet"
+        )
 
 
 def test_named_runs_and_mean_per_class_recall(workdirs, tmp_path):
     # Two runs of one model, told apart by name=path; one without per-example outcomes.
     path = write_eval(tmp_path / "again", "vgg19", 0.5, seed=99, with_examples=False)
-    b = rank.load_result_set([*workdirs, f"vgg19_again={path}"], metric="mean_per_class_recall")
+    b = ranking.load_result_set([*workdirs, f"vgg19_again={path}"], metric="mean_per_class_recall")
     a = dataclasses.replace(b, models={**b.models, "vgg19_again": b.models["vgg19"]})
-    got = rank.compare(a, b, str(tmp_path / "out"), metric="mean_per_class_recall", bootstrap=20)
+    got = ranking.compare(a, b, str(tmp_path / "out"), metric="mean_per_class_recall", bootstrap=20)
     assert got["bootstrap"]["resampled"] == {"a": True, "b": False}  # B: held fixed
     assert any("no .examples.npz for vgg19_again" in note for note in got["notes"])
     assert len(got["models"]) == 6
@@ -421,15 +424,15 @@ def test_named_runs_and_mean_per_class_recall(workdirs, tmp_path):
 
 def test_models_without_paper_years_are_plotted_in_rank_order(tmp_path):
     paths = [write_eval(tmp_path / f"r{k}", f"net{k}", 0.3 + 0.1 * k, seed=k) for k in range(4)]
-    runs = rank.load_result_set([str(p) for p in paths])
-    got = rank.compare(runs, runs, str(tmp_path / "out"), base="net0", bootstrap=20)
+    runs = ranking.load_result_set([str(p) for p in paths])
+    got = ranking.compare(runs, runs, str(tmp_path / "out"), base="net0", bootstrap=20)
     assert [m["year"] for m in got["models"]] == [None] * 4
     assert got["kendall_tau_b"]["ci95"][1] == 1.0  # the sides are resampled independently
     assert (tmp_path / "out" / "relative_improvement.png").stat().st_size > 0
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match=r"eval: not found; run imagenot_jax\.evaluate"):
-        rank.load_result_set(str(tmp_path / "w"))
+        ranking.load_result_set(str(tmp_path / "w"))
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -463,5 +466,5 @@ def test_eval_files_of_sliced_splits_load_by_their_literal_path(tmp_path):
         for i, (name, (acc, _)) in enumerate(MODELS.items())
     ]
     assert all("[" in p.name for p in paths)
-    result_set = rank.load_result_set([str(p) for p in paths])
+    result_set = ranking.load_result_set([str(p) for p in paths])
     assert sorted(result_set.models) == sorted(MODELS)

@@ -14,8 +14,9 @@ import pytest
 from flax import nnx
 
 from configs import demo
-from imagenot_jax import suite, train
-from imagenot_jax.datasets import prepare_dataset
+from imagenot_jax import suite
+from imagenot_jax.data.datasets import prepare_dataset
+from imagenot_jax.train import trainer
 from tests.conftest import REPO
 from tfds_imagenot.fashion_mnist_local.testing import write_fake_fashion_mnist
 
@@ -46,8 +47,8 @@ def _size(name: str, split: str, data_dir) -> int:
 def _tiny_suite() -> ml_collections.ConfigDict:
     """Three resnet_mini widths under three run names: ranks that can differ, cheaply."""
     config = ml_collections.ConfigDict()
-    config.a = ml_collections.ConfigDict({"label": "first5", "data": "fashion_mnist_local/first5"})
-    config.b = ml_collections.ConfigDict({"label": "last5", "data": "fashion_mnist_local/last5"})
+    config.a = ml_collections.ConfigDict({"label": "first5", "data": "fashion_mnist/first5"})
+    config.b = ml_collections.ConfigDict({"label": "last5", "data": "fashion_mnist/last5"})
     config.base = "narrow"
     config.bootstrap = 50
     config.runs = ml_collections.ConfigDict()
@@ -89,7 +90,7 @@ def test_interrupted_run_resumes_instead_of_restarting(tmp_path, halves_data_dir
     config = _tiny_suite()
     run = suite.run_configs(config, "a", str(halves_data_dir))["narrow"]
     run.schedule.num_steps = 1
-    train.train_and_evaluate(run, str(tmp_path / "w"))  # a run cut short: no suite_done.json
+    trainer.train_and_evaluate(run, str(tmp_path / "w"))  # a run cut short: no suite_done.json
     run.schedule.num_steps = None
     path, ran = suite.run_one(run, tmp_path / "w")
     steps = _size(config.a.data, "train", halves_data_dir) // 16
@@ -104,7 +105,7 @@ def test_suite_config_models_build_at_their_sizes(path):
     assert config.base in config.runs
     for name, run in config.runs.items():
         run.data.name = config.a.data
-        model = nnx.eval_shape(lambda run=run: train.build_model(run, 5))
+        model = nnx.eval_shape(lambda run=run: trainer.build_model(run, 5))
         graphdef, state = nnx.split(model)
         size = run.input.image_size
         x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)

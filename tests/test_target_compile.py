@@ -35,7 +35,7 @@ MEMORY_BUDGET_BYTES = 48 * 2**20
 
 def _compiled(target_name: str, *, bn_mode: str = "global", fsdp: bool = False) -> dict:
     from configs import demo
-    from imagenot_jax import steps, train
+    from imagenot_jax.train import steps, trainer
 
     config = demo.get_config(None)
     config.model.num_classes = 10
@@ -45,7 +45,7 @@ def _compiled(target_name: str, *, bn_mode: str = "global", fsdp: bool = False) 
     config.mesh.fsdp_min_size = 256  # elements: shards this small model's convolutions
     mesh = compile_targets.mesh(target_name)
     config.input.global_batch_size = BATCH_PER_DEVICE * mesh.size
-    setup = train.make_setup(config, mesh, 60_000)
+    setup = trainer.make_setup(config, mesh, 60_000)
     args = (
         compile_targets.abstract_state(setup),
         compile_targets.abstract_batch(setup, config.input.global_batch_size),

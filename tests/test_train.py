@@ -21,7 +21,8 @@ import pytest
 from flax import nnx
 
 from configs import demo
-from imagenot_jax import evaluate, sharding, steps, train
+from imagenot_jax.evaluate import evaluation
+from imagenot_jax.train import sharding, steps, trainer
 from tests.conftest import FAKE_FASHION_TEST as N_TEST
 from tests.conftest import FAKE_FASHION_TRAIN as N_TRAIN
 from tests.conftest import REPO
@@ -106,7 +107,7 @@ def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
 def test_train_and_evaluate_on_8_devices(tmp_path, data_dir, mesh_overrides):
     assert jax.device_count() == 8
     config = tiny_config(data_dir, **mesh_overrides)
-    result = train.train_and_evaluate(config, str(tmp_path))
+    result = trainer.train_and_evaluate(config, str(tmp_path))
     steps = 2 * (N_TRAIN // 16)
     assert result["val_n"] == N_TEST and 0.0 <= result["val_top1"] <= 1.0
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -117,15 +118,15 @@ def test_train_and_evaluate_on_8_devices(tmp_path, data_dir, mesh_overrides):
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert steps in checkpoint_steps(tmp_path)
     if mesh_overrides.get("mesh.fsdp"):
-        setup = train.make_setup(config, sharding.make_mesh(), N_TRAIN)
+        setup = trainer.make_setup(config, sharding.make_mesh(), N_TRAIN)
         specs = {s.spec for s in jax.tree.leaves(setup.state_shardings)}
         assert any(sharding.DATA_AXIS in spec for spec in specs)  # some arrays really split
 
 
 def test_evaluate_counts_every_example_once_and_writes_json(tmp_path, data_dir):
     config = tiny_config(data_dir, **{"schedule.num_steps": 3})
-    train.train_and_evaluate(config, str(tmp_path))
-    result, path = evaluate.evaluate_checkpoint(str(tmp_path), batch_size=8)  # 21 % 8 != 0
+    trainer.train_and_evaluate(config, str(tmp_path))
+    result, path = evaluation.evaluate_checkpoint(str(tmp_path), batch_size=8)  # 21 % 8 != 0
     assert path == tmp_path / "eval" / "fashion_mnist_local_all-test-3.json"
     written = json.loads(path.read_text())
     assert written["n"] == N_TEST == result["n"] and written["step"] == 3
@@ -140,9 +141,11 @@ def test_evaluate_counts_every_example_once_and_writes_json(tmp_path, data_dir):
 
 
 def test_clopper_pearson_matches_known_values():
-    low, high = evaluate.clopper_pearson(50, 100)
+    low, high = evaluation.clopper_pearson(50, 100)
     assert low == pytest.approx(0.3983, abs=1e-4) and high == pytest.approx(0.6017, abs=1e-4)
-    assert evaluate.clopper_pearson(0, 10)[0] == 0.0 and evaluate.clopper_pearson(10, 10)[1] == 1.0
+    assert (
+        evaluation.clopper_pearson(0, 10)[0] == 0.0 and evaluation.clopper_pearson(10, 10)[1] == 1.0
+    )
 
 
 # --- subprocess: the entry point, resume, preemption ----------------------------------------

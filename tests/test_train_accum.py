@@ -15,8 +15,8 @@ import optax
 import pytest
 
 from configs import alexnet, demo
-from imagenot_jax import sharding, steps, train
-from imagenot_jax.sharding import DATA_AXIS
+from imagenot_jax.train import sharding, steps, trainer
+from imagenot_jax.train.sharding import DATA_AXIS
 
 NUM_CLASSES = 10
 
@@ -24,7 +24,7 @@ NUM_CLASSES = 10
 def _setup(config):
     with config.unlocked():
         config.model.num_classes = NUM_CLASSES
-    return train.make_setup(config, sharding.make_mesh(), num_train_examples=4096)
+    return trainer.make_setup(config, sharding.make_mesh(), num_train_examples=4096)
 
 
 def _batch(batch_size: int, image_size: int, seed: int = 0) -> dict[str, np.ndarray]:

@@ -7,8 +7,8 @@ import pathlib
 
 import pytest
 
-from imagenot_jax import train
-from imagenot_jax.run_control import Profiler
+from imagenot_jax.train import trainer
+from imagenot_jax.train.run_control import Profiler
 from tests.test_train import run_main, tiny_config
 
 
@@ -19,7 +19,7 @@ def data_dir(fake_fashion_mnist) -> pathlib.Path:
 
 def test_profile_steps_write_a_trace_of_the_window(tmp_path, data_dir):
     config = tiny_config(data_dir, **{"schedule.num_steps": 4, "logging.profile_steps": (2, 3)})
-    train.train_and_evaluate(config, str(tmp_path))
+    trainer.train_and_evaluate(config, str(tmp_path))
     traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
     assert len(traces) == 1, list((tmp_path / "profile").rglob("*"))
     assert b"jit_step" in traces[0].read_bytes()  # the train step ran inside the window

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from imagenot_jax import defaults, evaluate, sharding, train, transfer
+from imagenot_jax import defaults, transfer
+from imagenot_jax.evaluate import evaluation
 from imagenot_jax.models import convert
+from imagenot_jax.train import sharding, trainer
 from tests.conftest import REPO
 from tests.test_train import saved_state, tiny_config
 
@@ -53,7 +55,7 @@ def pretrained(fake_fashion_mnist, tmp_path_factory) -> pathlib.Path:
         fake_fashion_mnist,
         **{"schedule.num_steps": PRETRAIN_STEPS, "optim.ema_decay": 0.9, "optim.ema_steps": 1},
     )
-    train.train_and_evaluate(config, str(workdir))
+    trainer.train_and_evaluate(config, str(workdir))
     return workdir
 
 
@@ -71,15 +73,15 @@ def _fine_tune_config(data_dir, init, **overrides):
 def _train_keeping_step_0(config, workdir: pathlib.Path):
     """train_and_evaluate's result and a host copy of the state it started from (step 0)."""
     start = {}
-    initial_state = train._initial_state
+    initial_state = trainer._initial_state
 
     def keep(*args):
         state = initial_state(*args)
         start["state"] = jax.device_get(state)  # the train step donates the state
         return state
 
-    with mock.patch.object(train, "_initial_state", keep):
-        result = train.train_and_evaluate(config, str(workdir))
+    with mock.patch.object(trainer, "_initial_state", keep):
+        result = trainer.train_and_evaluate(config, str(workdir))
     return result, start["state"]
 
 
@@ -134,14 +136,14 @@ def test_head_is_fresh_even_with_the_same_number_of_classes(fake_fashion_mnist, 
     config = tiny_config(fake_fashion_mnist)
     config.model.init = f"{pretrained}:{PRETRAIN_STEPS}"
     config.model.num_classes = 10
-    setup = train.make_setup(config, sharding.make_mesh(), num_train_examples=32)
+    setup = trainer.make_setup(config, sharding.make_mesh(), num_train_examples=32)
     weights = transfer.load_pretrained(config, setup.abstract_state, setup.state_shardings)
     assert set(weights["params"]) == set(_flat(setup.abstract_state.params)) - HEAD
 
 
 def _random_model(config) -> nnx.Module:
     """The config's model holding random numpy weights: no initialisation to compile."""
-    abstract = nnx.eval_shape(lambda: train.build_model(config, config.model.num_classes))
+    abstract = nnx.eval_shape(lambda: trainer.build_model(config, config.model.num_classes))
     graphdef, state = nnx.split(abstract)
     rng = np.random.default_rng(0)
     return nnx.merge(
@@ -156,7 +158,7 @@ def test_converted_weights_without_ema_load_as_they_are(tmp_path, fake_fashion_m
     workdir = convert.write_checkpoint(model, converted, str(tmp_path / "tv"))
     config = tiny_config(fake_fashion_mnist)
     config.model.init, config.model.num_classes = str(workdir), 3
-    setup = train.make_setup(config, sharding.make_mesh(), num_train_examples=32)
+    setup = trainer.make_setup(config, sharding.make_mesh(), num_train_examples=32)
     weights = transfer.load_pretrained(config, setup.abstract_state, setup.state_shardings)
     expected = _flat(nnx.state(model, nnx.Param))
     assert set(weights["params"]) == set(expected) - HEAD
@@ -188,12 +190,12 @@ def test_probe_trains_only_the_head_and_keeps_bn_statistics(tmp_path, first5, pr
     check(2)
     # Resuming restores the run's own checkpoint; the pretrained one is not read again.
     with mock.patch.object(transfer, "load_pretrained", side_effect=AssertionError("reloaded")):
-        train.train_and_evaluate(
+        trainer.train_and_evaluate(
             _fine_tune_config(first5, pretrained, **overrides | {"schedule.num_steps": 3}),
             str(tmp_path),
         )
     check(3)
-    result, _ = evaluate.evaluate_checkpoint(str(tmp_path), batch_size=8)
+    result, _ = evaluation.evaluate_checkpoint(str(tmp_path), batch_size=8)
     assert result["n"] == 11 and result["step"] == 3
 
 
@@ -246,7 +248,7 @@ def test_cifar10_fine_tuning_with_the_transfer_config(tmp_path, pretrained):
     config = _load_transfer_config(f"init={pretrained},dataset=cifar10,smoke")
     config.data.data_dir = str(data_dir)
     config.schedule.num_steps = 1
-    result = train.train_and_evaluate(config, str(tmp_path / "cifar"))
+    result = trainer.train_and_evaluate(config, str(tmp_path / "cifar"))
     assert result["val_n"] == 64  # smoke: test[:64]
     written = json.loads((tmp_path / "cifar" / "config.json").read_text())
     assert written["data"]["name"] == "cifar10" and written["model"]["num_classes"] == 10
@@ -296,7 +298,7 @@ def test_bad_transfer_config_arguments_are_one_line_errors(arg, error, match):
 
 
 def _setup_and_load(config):
-    setup = train.make_setup(config, sharding.make_mesh(), num_train_examples=32)
+    setup = trainer.make_setup(config, sharding.make_mesh(), num_train_examples=32)
     return transfer.load_pretrained(config, setup.abstract_state, setup.state_shardings)
 
 

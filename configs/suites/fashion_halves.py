@@ -64,8 +64,8 @@ def _run(
 
 def get_config() -> ml_collections.ConfigDict:
     suite = ml_collections.ConfigDict()
-    suite.a = ml_collections.ConfigDict({"label": "first5", "data": "fashion_mnist_local/first5"})
-    suite.b = ml_collections.ConfigDict({"label": "last5", "data": "fashion_mnist_local/last5"})
+    suite.a = ml_collections.ConfigDict({"label": "first5", "data": "fashion_mnist/first5"})
+    suite.b = ml_collections.ConfigDict({"label": "last5", "data": "fashion_mnist/last5"})
     suite.base = "alexnet"  # relative improvements X_i / X_alexnet, as in the paper
     suite.bootstrap = 1000
     suite.runs = ml_collections.ConfigDict()

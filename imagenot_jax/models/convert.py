@@ -92,7 +92,7 @@ def read_torch_state_dict(path: str) -> dict[str, Any]:
 def write_checkpoint(model: nnx.Module, config: ml_collections.ConfigDict, out: str) -> epath.Path:
     """Writes `model` as step 0 of a workdir `out` that imagenot_jax.evaluate reads."""
     # Imported here: the trainer pulls in grain/orbax, which the converter API does not need.
-    from imagenot_jax import checkpoint, sharding, train
+    from imagenot_jax.train import checkpoint, sharding, trainer
 
     workdir = epath.Path(out)
     if not workdir.is_absolute():  # orbax wants absolute paths (gs:// ones already are)
@@ -100,9 +100,9 @@ def write_checkpoint(model: nnx.Module, config: ml_collections.ConfigDict, out: 
     if (workdir / "checkpoints").exists():
         raise FileExistsError(f"{workdir / 'checkpoints'}: already exists; choose a new --out")
     mesh = sharding.make_mesh()
-    setup = train.make_setup(config, mesh, num_train_examples=config.input.global_batch_size)
-    _, params, batch_stats, rest = train.split_model(model)
-    state = train.TrainState(
+    setup = trainer.make_setup(config, mesh, num_train_examples=config.input.global_batch_size)
+    _, params, batch_stats, rest = trainer.split_model(model)
+    state = trainer.TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         batch_stats=batch_stats,
@@ -118,7 +118,7 @@ def write_checkpoint(model: nnx.Module, config: ml_collections.ConfigDict, out: 
         )
     state = jax.device_put(state, setup.state_shardings)
     workdir.mkdir(parents=True, exist_ok=True)
-    train.write_config(config, workdir)
+    trainer.write_config(config, workdir)
     checkpointer = checkpoint.Checkpointer(str(workdir), config.checkpoint)
     checkpointer.save(0, state, None, config)
     checkpointer.wait()

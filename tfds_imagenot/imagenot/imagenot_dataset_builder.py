@@ -117,6 +117,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         metadata["kept"][split.name] = stats.kept
         metadata["skipped"][split.name] = dict(stats.skipped)
         metadata["duplicate_image"][split.name] = stats.duplicate_image
-        summary = f"imagenot/{self.builder_config.name} {stats.summary(split.name)}"
+        summary = f"{self.name}/{self.builder_config.name} {stats.summary(split.name)}"
         logging.info(summary)
         print(summary)

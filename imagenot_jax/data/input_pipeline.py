@@ -28,7 +28,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 from tensorflow_datasets.proto import tf_example_pb2
 
-from imagenot_jax import augment, image_ops
+from imagenot_jax.data import augment, datasets, image_ops
 
 Example = dict[str, Any]
 
@@ -66,7 +66,7 @@ def open_source(name: str, split: str, data_dir: str | None) -> Any:
     if builder is None or not builder.is_prepared():
         raise DatasetMissingError(
             f"dataset {name!r} is not prepared in data_dir {data_dir}; "
-            "build it with `tfds build ... --file_format=array_record` (see README)"
+            f"{datasets.preparation_hint(name)}"
         )
     try:  # a split name or a TFDS slice of one ("test[:64]", "train[:10%]")
         builder.info.splits[split]
@@ -246,7 +246,7 @@ def _train_batch(
 
 def _eval_example(source: Any, cfg: ml_collections.ConfigDict, index: int) -> Example:
     """`source[i]` is a dict with image, label and optionally key: a RecordReader, a TFDS data
-    source, or a wrapper of one (evaluate.py's relabeled views)."""
+    source, or a wrapper of one (the evaluation's relabeled views)."""
     if index < 0:  # Padding: same shapes, mask False, never counted.
         return {
             "image": np.zeros((cfg.eval_crop, cfg.eval_crop, cfg.channels), np.uint8),

@@ -11,7 +11,7 @@ interval on top-1, step, model, dataset name/version) and, beside it, <...>.exam
 per-example key, label, top-5 and correctness: what the ranking stage bootstraps over. Every
 example is counted exactly once across devices/processes.
 
-Views (see eval_views.py): `--class_map` restricts the model to the classes a dataset's labels
+Views (see views.py): `--class_map` restricts the model to the classes a dataset's labels
 map to (the JSON records the map; the file name gets `-classmap_<name>`; `unrestricted_top1/5`
 keep the plain argmax); datasets with a `real_label` feature (TFDS imagenet2012_real) add ReaL
 multi-label accuracy (`real_top1` over `real_n` images, `real_excluded` with no label).
@@ -35,15 +35,17 @@ from absl import app, flags
 from etils import epath
 from flax import nnx
 
-from imagenot_jax import checkpoint, eval_views, input_pipeline, sharding, steps, train
 from imagenot_jax.cli import (
     define_compilation_cache_flag,
     enable_compilation_cache,
     quiet_library_logs,
     run_user_command,
 )
-from imagenot_jax.eval_views import ClassMap
-from imagenot_jax.rank_stats import clopper_pearson
+from imagenot_jax.data import input_pipeline
+from imagenot_jax.evaluate import views
+from imagenot_jax.evaluate.views import ClassMap
+from imagenot_jax.rank.stats import clopper_pearson
+from imagenot_jax.train import checkpoint, sharding, steps, trainer
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
@@ -63,7 +65,7 @@ def per_class_recall(labels: np.ndarray, top1: np.ndarray, num_classes: int) -> 
 def metrics_from_predictions(predictions: dict[str, np.ndarray], num_classes: int) -> dict:
     """Top-1/5, loss, the top-1 interval and the equal-weighted accuracy (mean per-class recall
     over the classes present in the split)."""
-    summary = train.summarize(predictions)
+    summary = trainer.summarize(predictions)
     labels, top1 = predictions["label"], predictions["top5"][:, 0]
     recall = per_class_recall(labels, top1, num_classes)
     present = [r for r in recall if r is not None]
@@ -83,7 +85,7 @@ def metrics_from_predictions(predictions: dict[str, np.ndarray], num_classes: in
 
 
 def make_view_eval_step(
-    setup: train.Setup, class_map: ClassMap | None, keep_logits: bool = False
+    setup: trainer.Setup, class_map: ClassMap | None, keep_logits: bool = False
 ) -> Callable:
     """steps.make_eval_step's outputs, with the labels mapped and the top-5 and loss taken over
     the class map's classes only (plus the unrestricted top-5 and, optionally, the logits)."""
@@ -133,10 +135,10 @@ def _eval_batches(config: ml_collections.ConfigDict, source: Any) -> grain.IterD
 
 
 def predict(
-    eval_step: Callable, setup: train.Setup, state: Any, source: Any
+    eval_step: Callable, setup: trainer.Setup, state: Any, source: Any
 ) -> dict[str, np.ndarray]:
-    """train.predict_split over a given source: per-example outputs, each example once."""
-    return train.predict_batches(eval_step, setup, state, _eval_batches(setup.config, source))
+    """trainer.predict_split over a given source: per-example outputs, each example once."""
+    return trainer.predict_batches(eval_step, setup, state, _eval_batches(setup.config, source))
 
 
 def _check_mapped(predictions: dict[str, np.ndarray], class_map: ClassMap | None, num_x: int):
@@ -164,7 +166,7 @@ def _restore(workdir: str, config: ml_collections.ConfigDict, step: int | None, 
     """(setup, state, step) of a checkpoint; the EMA weights dropped unless wanted."""
     mesh = sharding.make_mesh()
     # The optimizer's shape does not depend on the epoch length: one step per epoch will do.
-    setup = train.make_setup(config, mesh, num_train_examples=config.input.global_batch_size)
+    setup = trainer.make_setup(config, mesh, num_train_examples=config.input.global_batch_size)
     checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
     step = step if step is not None else checkpointer.latest_step()
     if step is None:
@@ -204,14 +206,12 @@ def evaluate_checkpoint(
         config.data.data_dir = data_dir
     if batch_size:
         config.input.eval_batch_size = batch_size
-    data = eval_views.open_eval_data(
+    data = views.open_eval_data(
         config.data.name, split or config.data.eval_split, config.data.get("data_dir")
     )
     mapping = _class_map(class_map, data, training_data, config)
     if real and not data.has_real:
-        raise ValueError(
-            f"--real: dataset {data.name!r} has no {eval_views.REAL_FEATURE!r} feature"
-        )
+        raise ValueError(f"--real: dataset {data.name!r} has no {views.REAL_FEATURE!r} feature")
     use_real = data.has_real if real is None else real
 
     setup, state, step = _restore(workdir, config, step, use_ema)
@@ -231,42 +231,42 @@ def evaluate_checkpoint(
         "class_map": mapping.describe() if mapping else None,
     }
     if mapping:
-        unrestricted = train.summarize({**predictions, "top5": predictions["top5_unrestricted"]})
+        unrestricted = trainer.summarize({**predictions, "top5": predictions["top5_unrestricted"]})
         result |= {
             "unrestricted_top1": unrestricted["top1"],
             "unrestricted_top5": unrestricted["top5"],
         }
     writer = jax.process_index() == 0
-    fields = [eval_views.REAL_FEATURE] * use_real
+    fields = [data.real_feature] * use_real
     fields += [data.key_feature] * (writer and data.key_feature is not None)
-    records = eval_views.read_fields(data.source, predictions["index"], fields)
+    records = views.read_fields(data.source, predictions["index"], fields)
     arrays: dict[str, np.ndarray] = {}
     if use_real:
-        sets = eval_views.map_label_sets(records[eval_views.REAL_FEATURE], mapping)
+        sets = views.map_label_sets(records[data.real_feature], mapping)
         result |= _real_result(predictions["top5"][:, 0], sets, arrays)
     out = epath.Path(workdir) / "eval" / _result_name(data, step, mapping)
     if writer:
-        arrays["key"] = eval_views.example_keys(data, records, predictions["index"])
+        arrays["key"] = views.example_keys(data, records, predictions["index"])
         _write(out, result, predictions, arrays)
     return result, out.parent / f"{out.name}.json"
 
 
 def _class_map(
     spec: str | None,
-    data: eval_views.EvalData,
+    data: views.EvalData,
     training_data: tuple[str, str | None],
     config: ml_collections.ConfigDict,
 ) -> ClassMap | None:
     """The requested class map; without one, a check that the labels are the model's classes."""
     num_x = config.model.num_classes
     x_names = None
-    if spec != eval_views.IDENTITY:  # the training data's class names, where they are known
+    if spec != views.IDENTITY:  # the training data's class names, where they are known
         same = training_data == (data.name, config.data.get("data_dir"))
-        x_names = data.names if same else eval_views.training_class_names(*training_data)
+        x_names = data.names if same else views.training_class_names(*training_data)
     if not spec:
-        eval_views.check_label_space(data, x_names, num_x)
+        views.check_label_space(data, x_names, num_x)
         return None
-    return eval_views.load_class_map(
+    return views.load_class_map(
         spec,
         y_names=data.names,
         num_y=data.num_classes,
@@ -278,15 +278,15 @@ def _class_map(
 
 def _real_result(top1: np.ndarray, sets: list[np.ndarray], arrays: dict) -> dict[str, Any]:
     """ReaL metrics; adds the per-example sets and outcomes to `arrays` (for the npz)."""
-    result = eval_views.real_metrics(top1, sets)
+    result = views.real_metrics(top1, sets)
     result["real_top1_ci95"] = clopper_pearson(result["real_correct"], result["real_n"])
-    correct, valid = eval_views.multilabel_correct(top1, sets)
-    arrays |= {"real_labels": eval_views.pad_label_sets(sets), "real_correct": correct}
+    correct, valid = views.multilabel_correct(top1, sets)
+    arrays |= {"real_labels": views.pad_label_sets(sets), "real_correct": correct}
     arrays["real_valid"] = valid
     return result
 
 
-def _result_name(data: eval_views.EvalData, step: int, mapping: ClassMap | None) -> str:
+def _result_name(data: views.EvalData, step: int, mapping: ClassMap | None) -> str:
     name = f"{data.name.replace('/', '_')}-{data.split}-{step}"
     return f"{name}-classmap_{mapping.tag()}" if mapping else name
 
@@ -386,8 +386,3 @@ def main(argv: list[str]) -> None:
         print(f"wrote {path}")
 
     run_user_command(run)
-
-
-if __name__ == "__main__":
-    define_flags()
-    app.run(main)

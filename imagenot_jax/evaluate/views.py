@@ -31,12 +31,12 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from imagenot_jax import input_pipeline
+from imagenot_jax.data import datasets, input_pipeline
 
 IDENTITY, WNID = "identity", "wnid"
 REAL_FEATURE = "real_label"  # TFDS imagenet2012_real: Sequence(ClassLabel) of ImageNet classes
-# The single-label feature, by preference: imagenet2012_real calls ImageNet's label
-# `original_label` (beside its multi-label `real_label`).
+# For datasets without a registry entry. The single-label feature, by preference:
+# imagenet2012_real calls ImageNet's label `original_label` (beside its multi-label `real_label`).
 LABEL_FEATURES = ("label", "original_label")
 KEY_FEATURES = ("key", "file_name")  # stable example ids, by preference
 
@@ -241,7 +241,11 @@ class EvalData:
     names: list[str] | None  # the label's class names (None: not a ClassLabel)
     num_classes: int | None
     key_feature: str | None  # "key" / "file_name", or None: keys are split:index
-    has_real: bool  # a `real_label` multi-label feature
+    real_feature: str | None  # the ReaL multi-label feature (`real_label`), if any
+
+    @property
+    def has_real(self) -> bool:
+        return self.real_feature is not None
 
     @property
     def eval_source(self) -> Any:
@@ -259,26 +263,39 @@ class EvalData:
 
 
 def open_eval_data(name: str, split: str, data_dir: str | None) -> EvalData:
-    """Opens a prepared split and finds its label (`label`, else `original_label`), id and
-    ReaL features."""
+    """Opens a prepared split. Its label, id and ReaL features are those of its registry entry
+    (imagenot_jax/data/datasets.py); for a dataset nobody registered, by convention: `label`
+    else `original_label`, `key` else `file_name`, and `real_label`."""
     source = input_pipeline.open_source(name, split, data_dir)
     features = source.dataset_info.features
-    labels = [f for f in LABEL_FEATURES if f in features]
-    if not labels:
+    spec = datasets.find_by_tfds_name(name)
+    if spec is not None:
+        label, key, real = spec.label_feature, spec.key_feature, spec.real_feature
+    else:
+        label = next((f for f in LABEL_FEATURES if f in features), None)
+        key = next((f for f in KEY_FEATURES if f in features), None)
+        real = REAL_FEATURE if REAL_FEATURE in features else None
+    if label is None:
         raise ValueError(
             f"dataset {name!r} has none of the label features {LABEL_FEATURES} "
             f"(it has {sorted(features.keys())})"
         )
-    names, num_classes = class_label(features, labels[0])
+    missing = [f for f in (label, key, real) if f is not None and f not in features]
+    if missing:
+        raise ValueError(
+            f"dataset {name!r} lacks the features {missing} its registry entry names "
+            f"(it has {sorted(features.keys())})"
+        )
+    names, num_classes = class_label(features, label)
     return EvalData(
         name=name,
         split=split,
         source=source,
-        label_feature=labels[0],
+        label_feature=label,
         names=names,
         num_classes=num_classes,
-        key_feature=next((f for f in KEY_FEATURES if f in features), None),
-        has_real=REAL_FEATURE in features,
+        key_feature=key,
+        real_feature=real,
     )
 
 

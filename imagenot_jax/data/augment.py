@@ -24,7 +24,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from imagenot_jax.random_erasing import erase_fill, random_erasing
+from imagenot_jax.data.random_erasing import erase_fill, random_erasing
 
 Space = dict[str, tuple[np.ndarray | None, bool]]  # op -> (magnitude bins or None, signed)
 

@@ -1,4 +1,4 @@
-"""The loss and the jitted train/eval steps (the trainer's hot path; imported by train.py).
+"""The loss and the jitted train/eval steps (the trainer's hot path; imported by trainer.py).
 
 One train step: normalise, MixUp/CutMix over the full global batch, then forward/backward over
 `optim.grad_accum_steps` micro-batches one after another (jax.lax.scan), gradients summed in fp32
@@ -22,11 +22,12 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from imagenot_jax import ema, mixing, sharding, transfer
-from imagenot_jax.sharding import DATA_AXIS
+from imagenot_jax import transfer
+from imagenot_jax.train import ema, mixing, sharding
+from imagenot_jax.train.sharding import DATA_AXIS
 
 if TYPE_CHECKING:
-    from imagenot_jax.train import Setup, TrainState
+    from imagenot_jax.train.trainer import Setup, TrainState
 
 # ---------------------------------------------------------------------------------------------
 # Loss.

@@ -28,8 +28,8 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
-from imagenot_jax import rank_report, rank_stats, reference
 from imagenot_jax.cli import run_user_command
+from imagenot_jax.rank import reference, report, stats
 
 METRICS = ("top1", "top5", "mean_per_class_recall")
 
@@ -203,7 +203,7 @@ def _outcomes(path: str, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
 
 def per_example(
     result_set: ResultSet, names: list[str], metric: str
-) -> tuple[rank_stats.PerExample | None, str | None]:
+) -> tuple[stats.PerExample | None, str | None]:
     """The side's outcomes aligned on the examples every model was evaluated on (by key), or
     None and why not (then the side's accuracies are held fixed in the bootstrap)."""
     if result_set.reference:
@@ -226,7 +226,7 @@ def per_example(
     largest = max(len(keys) for keys, _, _ in loaded)
     note = None if len(common) == largest else f"{len(common)} shared examples of {largest}"
     labels = labels if metric == "mean_per_class_recall" else None
-    return rank_stats.PerExample(np.stack(columns, axis=1), labels), note
+    return stats.PerExample(np.stack(columns, axis=1), labels), note
 
 
 # --- the comparison -------------------------------------------------------------------------
@@ -285,8 +285,8 @@ def _side(
     return {
         "accuracy": acc,
         "n": result.n,
-        "ci95": rank_stats.clopper_pearson(hits, result.n),
-        "bootstrap_ci95": None if draws is None else rank_stats.percentile_interval(draws[:, k]),
+        "ci95": stats.clopper_pearson(hits, result.n),
+        "bootstrap_ci95": None if draws is None else stats.percentile_interval(draws[:, k]),
         "rank": rank,
         "relative_improvement": relative,
         "dataset": result.dataset,
@@ -306,7 +306,7 @@ def _bootstrap(
         data, why = per_example(result_set, names, metric) if draws > 0 else (None, None)
         samples[side] = None
         if data is not None:
-            samples[side] = rank_stats.bootstrap_accuracies(data, draws, generators[side])
+            samples[side] = stats.bootstrap_accuracies(data, draws, generators[side])
         summary["resampled"][side] = data is not None
         summary["examples"][side] = None if data is None else int(data.correct.shape[0])
         if why:
@@ -317,7 +317,7 @@ def _bootstrap(
         notes.append(f"no bootstrap intervals: {why}")
         return samples, summary, notes
     fixed = {s: acc[s][None] if samples[s] is None else samples[s] for s in samples}
-    summary.update(rank_stats.bootstrap_rankings(fixed["a"], fixed["b"], names))
+    summary.update(stats.bootstrap_rankings(fixed["a"], fixed["b"], names))
     return samples, summary, notes
 
 
@@ -335,15 +335,15 @@ def compare(
     names = _check_models(a, b, labels, base, metric)
     sets = {"a": a, "b": b}
     acc = {s: np.array([sets[s].models[n].metrics[metric] for n in names]) for s in sets}
-    correlations = rank_stats.rank_correlations(acc["a"], acc["b"])
-    relative = rank_stats.relative_improvement_agreement(acc["a"], acc["b"], names.index(base))
-    line = rank_stats.accuracy_on_the_line(acc["a"], acc["b"])
+    correlations = stats.rank_correlations(acc["a"], acc["b"])
+    relative = stats.relative_improvement_agreement(acc["a"], acc["b"], names.index(base))
+    line = stats.accuracy_on_the_line(acc["a"], acc["b"])
     for fit in filter(None, line.values()):
         fit["residuals"] = dict(zip(names, fit["residuals"], strict=True))
     samples, summary, notes = _bootstrap(sets, names, acc, metric, bootstrap, seed)
     if metric == "mean_per_class_recall":
         notes.append("Clopper-Pearson intervals treat mean per-class recall as a proportion of n")
-    ranks = {s: rank_stats.ranks(acc[s]) for s in sets}
+    ranks = {s: stats.ranks(acc[s]) for s in sets}
     models = []
     for k, name in enumerate(names):
         entry: dict[str, Any] = {"name": name, "model": a.models[name].model}
@@ -368,7 +368,7 @@ def compare(
             "b_only": [n for n in b.models if n not in a.models],
         },
         **correlations,
-        "pairs": rank_stats.pair_orders(names, acc["a"], acc["b"]),
+        "pairs": stats.pair_orders(names, acc["a"], acc["b"]),
         "pair_flip_probability": summary.pop("pair_flip_probability", None),
         "relative_improvement": {k: relative[k] for k in ("with_base", "without_base")},
         "accuracy_on_the_line": line,
@@ -378,7 +378,7 @@ def compare(
     out = epath.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = _plain(result)
-    result["files"] = [*rank_report.write_report(result, out), "ranking.json"]
+    result["files"] = [*report.write_report(result, out), "ranking.json"]
     (out / "ranking.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
 
@@ -387,7 +387,7 @@ def compare(
 
 
 def define_flags() -> None:
-    """Flags of the command line (defined only under __main__, see evaluate.py)."""
+    """Flags of the command line (defined only under __main__, see evaluation.py)."""
     flags.DEFINE_multi_string("a", None, "Result set A: torchvision-imagenet1k or paths.")
     flags.DEFINE_multi_string("b", None, "Result set B: torchvision-imagenet1k or paths.")
     flags.DEFINE_string("out", None, "Output directory of ranking.json, reports and figures.")
@@ -420,12 +420,7 @@ def main(argv: list[str]) -> None:
             bootstrap=options.bootstrap, seed=options.seed, a_label=options.a_label,
             b_label=options.b_label,
         )  # fmt: skip
-        print(rank_report.format_summary(result))
+        print(report.format_summary(result))
         print(f"wrote {', '.join(result['files'])} to {options.out}")
 
     run_user_command(run)
-
-
-if __name__ == "__main__":
-    define_flags()
-    app.run(main)

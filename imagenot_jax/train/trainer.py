@@ -23,10 +23,12 @@ from absl import logging
 from etils import epath
 from flax import nnx
 
-from imagenot_jax import checkpoint, ema, input_pipeline, models, optim, sharding, transfer
-from imagenot_jax.metric_writer import MetricWriter
-from imagenot_jax.run_control import NonFiniteLossError, PendingMetrics, Preemption, Profiler
-from imagenot_jax.steps import accum_steps, eval_weights, make_eval_step, make_train_step
+from imagenot_jax import models, transfer
+from imagenot_jax.data import input_pipeline
+from imagenot_jax.train import checkpoint, ema, optim, sharding
+from imagenot_jax.train.metric_writer import MetricWriter
+from imagenot_jax.train.run_control import NonFiniteLossError, PendingMetrics, Preemption, Profiler
+from imagenot_jax.train.steps import accum_steps, eval_weights, make_eval_step, make_train_step
 
 # ---------------------------------------------------------------------------------------------
 # Model and train state.
@@ -152,7 +154,7 @@ def make_setup(
 
 
 # ---------------------------------------------------------------------------------------------
-# Evaluation over a split (used during training and by imagenot_jax.evaluate).
+# Evaluation over a split (used during training and by imagenot_jax.evaluate.evaluation).
 # ---------------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,1 @@
+"""Data: the dataset registry, the grain input pipeline, image ops and augmentation."""

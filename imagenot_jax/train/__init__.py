@@ -1,0 +1,1 @@
+"""Training: the loop, the jitted steps, optimizer, EMA, mixing, sharding, checkpoints."""
