@@ -147,6 +147,7 @@ def _configure(config, *, global_batch: int, accum: int):
 
 
 def _compile_steps(config, target, *, global_batch: int, accum: int, with_eval: bool) -> dict:
+    from imagenot_jax.evaluate import predict
     from imagenot_jax.train import steps, trainer
 
     mesh = compile_targets.mesh(target.name)
@@ -161,7 +162,7 @@ def _compile_steps(config, target, *, global_batch: int, accum: int, with_eval: 
         eval_batch = compile_targets.abstract_batch(setup, global_batch // accum, eval_batch=True)
         # With EMA, evaluation reads the averaged weights: the same shapes and shardings.
         args = (state.params, state.batch_stats, state.rest, eval_batch)
-        evaluated = compile_targets.compile_program(steps.make_eval_step(setup), args, target)
+        evaluated = compile_targets.compile_program(predict.make_eval_step(setup), args, target)
         evaluated.pop("hlo")
         result["eval"] = {k: evaluated[k] for k in ("bytes", "fits", "trace_s", "compile_s")}
     return result

@@ -33,6 +33,7 @@ import ml_collections
 
 from imagenot_jax import defaults, recipes, transfer
 from imagenot_jax.data import datasets
+from imagenot_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,13 +59,13 @@ def parse_arg(arg: str | None) -> TransferArgs:
         elif key == "size" and value.isdigit() and int(value) > 0:
             values["size"] = int(value)
         else:
-            raise ValueError(
+            raise UserError(
                 f"config argument {item!r}: expected 'init=WORKDIR[:STEP]' and optionally "
                 f"'dataset=<{'|'.join(datasets.list_datasets(trainable=True))}>', 'probe', "
                 "'size=N', 'smoke', comma-separated"
             )
     if "init" not in values:
-        raise ValueError(
+        raise UserError(
             "configs/transfer.py needs 'init=WORKDIR' (the pretrained training workdir), "
             "e.g. configs/transfer.py:init=/runs/resnet50,dataset=cifar10"
         )

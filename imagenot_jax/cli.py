@@ -7,17 +7,33 @@ import os
 import sys
 from collections.abc import Callable
 
-from absl import flags, logging
+from absl import app, flags, logging
 
-# Bad configs and missing data are the user's to fix: one line and exit code 2 (run with
-# --verbosity=1 for the traceback). Anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError)
+from imagenot_jax.errors import UserError
+
+
+def run_command(
+    argv: list[str], fn: Callable, *args, compilation_cache: str | bool | None = False, **kwargs
+):
+    """The entry points' prologue and error handling: no stray arguments, this project's log
+    lines only, the persistent compilation cache (unless `compilation_cache` is False: the
+    commands that compile nothing), then `fn(*args, **kwargs)`.
+
+    A `UserError` (bad config or input: the user's to fix) prints one line and exits with code 2
+    (--verbosity=1 adds its traceback); any other exception is a bug and keeps its traceback."""
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    quiet_library_logs()
+    if compilation_cache is not False:
+        enable_compilation_cache(compilation_cache)
+    return run_user_command(fn, *args, **kwargs)
 
 
 def run_user_command(fn: Callable, *args, **kwargs):
+    """`fn(*args, **kwargs)`, a UserError turned into one line on stderr and exit code 2."""
     try:
         return fn(*args, **kwargs)
-    except USER_ERRORS as e:
+    except UserError as e:
         logging.vlog(1, "user error", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -18,12 +18,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from imagenot_jax import suite
-from imagenot_jax.cli import (
-    define_compilation_cache_flag,
-    enable_compilation_cache,
-    quiet_library_logs,
-    run_user_command,
-)
+from imagenot_jax.cli import define_compilation_cache_flag, run_command, run_user_command
 from imagenot_jax.data import input_pipeline
 from imagenot_jax.data.datasets import prepare_dataset
 from imagenot_jax.evaluate import evaluation
@@ -72,11 +67,11 @@ def run(config, workdir: str, data_dir: str, manual_dir: str | None) -> None:
 
 
 def main(argv: list[str]) -> None:
-    del argv
     data_dir = _DATA_DIR.value or input_pipeline.default_data_dir()
-    quiet_library_logs()
-    enable_compilation_cache(_COMPILATION_CACHE.value)  # the suite's runs share programs
-    run_user_command(run, _CONFIG.value, _WORKDIR.value, data_dir, _MANUAL_DIR.value)
+    config, workdir, manual_dir = _CONFIG.value, _WORKDIR.value, _MANUAL_DIR.value
+    # The cache also lets the suite's runs share programs.
+    cache = _COMPILATION_CACHE.value
+    run_command(argv, run, config, workdir, data_dir, manual_dir, compilation_cache=cache)
     if _RUN_SUITE.value:
         start = time.perf_counter()
         run_user_command(suite.run_suite, _SUITE.value, _SUITE_WORKDIR.value, data_dir)

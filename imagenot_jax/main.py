@@ -9,12 +9,7 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
-from imagenot_jax.cli import (
-    define_compilation_cache_flag,
-    enable_compilation_cache,
-    quiet_library_logs,
-    run_user_command,
-)
+from imagenot_jax.cli import define_compilation_cache_flag, run_command
 from imagenot_jax.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Run config file.", lock_config=True)
@@ -23,11 +18,13 @@ _COMPILATION_CACHE = define_compilation_cache_flag()
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    quiet_library_logs()
-    enable_compilation_cache(_COMPILATION_CACHE.value)
-    run_user_command(trainer.train_and_evaluate, _CONFIG.value, _WORKDIR.value)
+    run_command(
+        argv,
+        trainer.train_and_evaluate,
+        _CONFIG.value,
+        _WORKDIR.value,
+        compilation_cache=_COMPILATION_CACHE.value,
+    )
 
 
 if __name__ == "__main__":

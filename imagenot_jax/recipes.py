@@ -21,6 +21,7 @@ import ml_collections
 
 from imagenot_jax import defaults
 from imagenot_jax.data import datasets
+from imagenot_jax.errors import UserError
 
 # The embedded default (Debian's dataset-fashion-mnist, built by `make demo`): smoke runs.
 SMOKE_DATASET = "fashion_mnist"
@@ -43,7 +44,7 @@ def parse_arg(arg: str | None) -> RecipeArgs:
         elif key == "dataset" and value in datasets.list_datasets(trainable=True):
             dataset = value
         else:
-            raise ValueError(
+            raise UserError(
                 f"config argument {item!r}: expected "
                 f"'dataset=<{'|'.join(datasets.list_datasets(trainable=True))}>' "
                 "and/or 'smoke', comma-separated"

@@ -22,12 +22,7 @@ from absl import app, flags
 from etils import epath
 from ml_collections import config_flags
 
-from imagenot_jax.cli import (
-    define_compilation_cache_flag,
-    enable_compilation_cache,
-    quiet_library_logs,
-    run_user_command,
-)
+from imagenot_jax.cli import define_compilation_cache_flag, run_command
 from imagenot_jax.data import datasets, input_pipeline
 from imagenot_jax.evaluate import evaluation
 from imagenot_jax.train import trainer
@@ -114,12 +109,15 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    quiet_library_logs()
     options = flags.FLAGS
-    enable_compilation_cache(options.compilation_cache)
-    run_user_command(run_suite, options.suite, options.workdir, options.data_dir)
+    run_command(
+        argv,
+        run_suite,
+        options.suite,
+        options.workdir,
+        options.data_dir,
+        compilation_cache=options.compilation_cache,
+    )
 
 
 if __name__ == "__main__":

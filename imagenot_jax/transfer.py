@@ -35,6 +35,7 @@ from etils import epath
 from flax import nnx
 
 from imagenot_jax import models
+from imagenot_jax.errors import MissingInputError, UserError
 from imagenot_jax.train import checkpoint
 
 TRAINABLE = ("all", "head")
@@ -63,7 +64,7 @@ def pretrained_config(init: str) -> ml_collections.ConfigDict:
     workdir, _ = parse_init(init)
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"model.init={init}: {path} not found; expected a training workdir (DIR or DIR:STEP)"
         )
     return ml_collections.ConfigDict(json.loads(path.read_text()))
@@ -80,7 +81,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> None:
         return
     pretrained = pretrained_config(init).model
     if pretrained.name != config.model.name:
-        raise ValueError(
+        raise UserError(
             f"model.init={init} holds a {pretrained.name!r} model but config.model.name is "
             f"{config.model.name!r}"
         )
@@ -94,16 +95,17 @@ def _state_dir(init: str) -> epath.Path:
     ckpt = checkpoint.Checkpointer(workdir, checkpoint.default_checkpoint_config(), read_only=True)
     try:
         steps = ckpt.all_steps()
-        directory = ckpt.directory
+        if not steps:
+            raise MissingInputError(f"model.init={init}: no checkpoint in {ckpt.directory}")
+        if step is None:
+            step = max(steps)
+        elif step not in steps:
+            raise UserError(
+                f"model.init={init}: no checkpoint at step {step}; it has {sorted(steps)}"
+            )
+        return ckpt.state_directory(step)
     finally:
         ckpt.close()
-    if not steps:
-        raise FileNotFoundError(f"model.init={init}: no checkpoint in {directory}")
-    if step is None:
-        step = max(steps)
-    elif step not in steps:
-        raise ValueError(f"model.init={init}: no checkpoint at step {step}; it has {sorted(steps)}")
-    return directory / str(step) / "state"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,12 +152,12 @@ def head_paths(config: ml_collections.ConfigDict) -> dict[str, set[Path]]:
     """collection -> paths of the variables whose shape depends on the number of classes."""
     num_classes = config.model.num_classes
     if not num_classes:
-        raise ValueError("model.num_classes must be set before the head can be found")
+        raise UserError("model.num_classes must be set before the head can be found")
     a = _abstract_variables(config, num_classes)
     b = _abstract_variables(config, num_classes + 1)
     heads = {c: {p for p in a[c] if a[c][p].shape != b[c][p].shape} for c in COLLECTIONS}
     if not heads["params"]:
-        raise ValueError(f"model {config.model.name!r}: no parameter depends on num_classes")
+        raise UserError(f"model {config.model.name!r}: no parameter depends on num_classes")
     return heads
 
 
@@ -190,7 +192,7 @@ def _check_same_variables(init: str, collection: str, saved: set, target: set) -
     ):
         if paths:
             name = "/".join(sorted(paths)[0])
-            raise ValueError(
+            raise UserError(
                 f"model.init={init}: {collection} {name} is {what} the pretrained checkpoint"
                 f"{f' (and {len(paths) - 1} more)' if len(paths) > 1 else ''}"
             )
@@ -224,7 +226,7 @@ def load_pretrained(
                 continue
             shape = tuple(saved_flat[path].shape)
             if shape != tuple(leaf.shape):
-                raise ValueError(
+                raise UserError(
                     f"model.init={init}: {collection} {'/'.join(path)} has shape {shape} in the "
                     f"pretrained checkpoint but {tuple(leaf.shape)} in this model"
                 )
@@ -276,7 +278,7 @@ def trainable_paths(config: ml_collections.ConfigDict) -> frozenset[Path] | None
     real, gradients, optimizer-masked) without depending on its exact pytree structure."""
     trainable = config.optim.get("trainable", "all")
     if trainable not in TRAINABLE:
-        raise ValueError(f"optim.trainable={trainable!r}: expected one of {list(TRAINABLE)}")
+        raise UserError(f"optim.trainable={trainable!r}: expected one of {list(TRAINABLE)}")
     if trainable == "all":
         return None
     return frozenset(head_paths(config)["params"])

@@ -100,7 +100,8 @@ class Throwaway(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 @pytest.fixture
-def throwaway(tmp_path):
+def throwaway(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "_REGISTRY", dict(datasets._REGISTRY))  # restored afterwards
     Throwaway(data_dir=str(tmp_path / "data")).download_and_prepare(file_format="array_record")
     spec = datasets.register(
         datasets.DatasetSpec(
@@ -116,8 +117,7 @@ def throwaway(tmp_path):
             wnid_labels=True,
         )
     )
-    yield spec, tmp_path / "data"
-    datasets.unregister("throwaway")
+    return spec, tmp_path / "data"
 
 
 def test_a_registered_dataset_trains_with_a_recipe_and_evaluates(throwaway, tmp_path):

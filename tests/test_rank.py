@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from imagenot_jax.evaluate.metrics import clopper_pearson
 from imagenot_jax.rank import ranking, reference
 from imagenot_jax.rank import stats as rank_stats
 from tests.conftest import REPO
@@ -144,9 +145,7 @@ def test_linear_and_probit_fits_match_polyfit():
 @pytest.mark.parametrize(("k", "n"), [(0, 10), (3, 10), (10, 10), (37_261, 50_000), (1, 7)])
 def test_clopper_pearson_matches_binomtest(k, n):
     expected = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
-    assert rank_stats.clopper_pearson(k, n) == pytest.approx(
-        (expected.low, expected.high), abs=1e-12
-    )
+    assert clopper_pearson(k, n) == pytest.approx((expected.low, expected.high), abs=1e-12)
 
 
 # --- bootstrap ------------------------------------------------------------------------------
@@ -232,7 +231,7 @@ def write_eval(workdir, model: str, acc: float, *, dataset="fake/a", split="test
         "step": step, "ema": False, "workdir": str(workdir), "n": n,
         "correct": int(correct.sum()), "top1": float(correct.mean()),
         "top5": float(np.any(top5 == labels[:, None], axis=1).mean()), "loss": 1.0,
-        "top1_ci95": list(rank_stats.clopper_pearson(int(correct.sum()), n)),
+        "top1_ci95": list(clopper_pearson(int(correct.sum()), n)),
         "mean_per_class_recall": float(np.mean(recall)), "per_class_recall": recall,
     }  # fmt: skip
     stem = workdir / "eval" / f"{dataset.replace('/', '_')}-{split}-{step}"

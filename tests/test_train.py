@@ -140,6 +140,20 @@ def test_evaluate_counts_every_example_once_and_writes_json(tmp_path, data_dir):
     assert examples["correct"].mean() == pytest.approx(written["top1"])
 
 
+def test_accuracy_logged_at_the_last_step_equals_evaluate_on_its_checkpoint(tmp_path, data_dir):
+    """Training-time validation and `evaluate` share one eval pipeline and step: the same
+    checkpoint and split give the same numbers (EMA weights on both sides)."""
+    overrides = {"schedule.num_steps": 3, "optim.ema_decay": 0.9, "optim.ema_steps": 1}
+    trainer.train_and_evaluate(tiny_config(data_dir, **overrides), str(tmp_path))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in records if "val_top1" in r][-1]
+    assert logged["step"] == 3
+    result, _ = evaluation.evaluate_checkpoint(str(tmp_path))
+    assert result["ema"] and result["step"] == 3 and result["n"] == logged["val_n"] == N_TEST
+    assert result["top1"] == logged["val_top1"] and result["top5"] == logged["val_top5"]
+    assert result["loss"] == pytest.approx(logged["val_loss"], rel=1e-6)
+
+
 def test_clopper_pearson_matches_known_values():
     low, high = evaluation.clopper_pearson(50, 100)
     assert low == pytest.approx(0.3983, abs=1e-4) and high == pytest.approx(0.6017, abs=1e-4)

@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from imagenot_jax.data.random_erasing import erase_fill, random_erasing
+from imagenot_jax.errors import UserError
 
 Space = dict[str, tuple[np.ndarray | None, bool]]  # op -> (magnitude bins or None, signed)
 
@@ -328,7 +329,7 @@ def apply_op(image: np.ndarray, op: str, magnitude: float, interpolation: str) -
         return invert(image)
     if op == "Identity":
         return image
-    raise ValueError(f"unknown augmentation op {op!r}")
+    raise UserError(f"unknown augmentation op {op!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,19 +424,19 @@ def make_policy(
     if name is None:
         return None
     if interpolation not in INTERPOLATIONS:
-        raise ValueError(
+        raise UserError(
             f"input.auto_augment_interpolation must be one of {sorted(INTERPOLATIONS)}; "
             f"got {interpolation!r}"
         )
     if name == "ra":
         if not (isinstance(ra_magnitude, int) and 0 <= ra_magnitude < 31):
-            raise ValueError(f"input.ra_magnitude must be an int in [0, 30]; got {ra_magnitude!r}")
+            raise UserError(f"input.ra_magnitude must be an int in [0, 30]; got {ra_magnitude!r}")
         return RandAugment(magnitude=ra_magnitude, interpolation=interpolation)
     if name == "ta_wide":
         return TrivialAugmentWide(interpolation=interpolation)
     if name == "imagenet":
         return AutoAugment(interpolation=interpolation)
-    raise ValueError(f"input.auto_augment must be None or one of {list(POLICIES)}; got {name!r}")
+    raise UserError(f"input.auto_augment must be None or one of {list(POLICIES)}; got {name!r}")
 
 
 class TrainAugment:
@@ -462,12 +463,12 @@ def train_augment(input_cfg: Any) -> TrainAugment | None:
     )
     erase_p = float(input_cfg.get("random_erase", 0.0) or 0.0)
     if not 0.0 <= erase_p <= 1.0:
-        raise ValueError(f"input.random_erase must be a probability in [0, 1]; got {erase_p}")
+        raise UserError(f"input.random_erase must be a probability in [0, 1]; got {erase_p}")
     if policy is None and erase_p == 0:
         return None
     fill = None
     if erase_p > 0:
         if input_cfg.get("mean") is None:
-            raise ValueError("input.random_erase needs input.mean (0..255) for its fill colour")
+            raise UserError("input.random_erase needs input.mean (0..255) for its fill colour")
         fill = erase_fill(input_cfg.mean, input_cfg.channels)
     return TrainAugment(policy, erase_p, fill)

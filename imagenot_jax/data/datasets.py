@@ -15,6 +15,8 @@ import dataclasses
 import importlib
 import time
 
+from imagenot_jax.errors import UserError
+
 # torchvision's ImageNet normalisation, in the pipeline's 0..255 pixel units.
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -49,7 +51,7 @@ class DatasetSpec:
 _REGISTRY: dict[str, DatasetSpec] = {}
 
 
-class UnknownDatasetError(ValueError):
+class UnknownDatasetError(UserError):
     """A dataset name the registry does not know (a user error: one line)."""
 
 
@@ -61,11 +63,6 @@ def register(spec: DatasetSpec) -> DatasetSpec:
         raise ValueError(f"dataset {spec.name!r}: train/eval splits must be among {spec.splits}")
     _REGISTRY[spec.name] = spec
     return spec
-
-
-def unregister(name: str) -> None:
-    """Removes a registered dataset (for throwaway datasets in tests)."""
-    del _REGISTRY[name]
 
 
 def list_datasets(*, trainable: bool | None = None) -> list[str]:
@@ -112,7 +109,7 @@ def prepare_dataset(tfds_name: str, data_dir: str, manual_dir: str | None = None
 
     spec = find_by_tfds_name(tfds_name)
     if spec is None or spec.builder is None:
-        raise ValueError(
+        raise UserError(
             f"dataset {tfds_name!r} is not one this project builds; {preparation_hint(tfds_name)}"
         )
     import_builder(tfds_name)

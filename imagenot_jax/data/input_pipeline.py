@@ -29,6 +29,7 @@ from absl import flags
 from tensorflow_datasets.proto import tf_example_pb2
 
 from imagenot_jax.data import augment, datasets, image_ops
+from imagenot_jax.errors import MissingInputError, UserError
 
 Example = dict[str, Any]
 
@@ -47,7 +48,7 @@ class ProcessShard:
         return cls(jax.process_index(), jax.process_count())
 
 
-class DatasetMissingError(FileNotFoundError):
+class DatasetMissingError(MissingInputError):
     """The named TFDS dataset has not been prepared in the data dir."""
 
 
@@ -71,11 +72,11 @@ def open_source(name: str, split: str, data_dir: str | None) -> Any:
     try:  # a split name or a TFDS slice of one ("test[:64]", "train[:10%]")
         builder.info.splits[split]
     except (KeyError, ValueError, AssertionError):
-        raise ValueError(
+        raise UserError(
             f"dataset {name!r} has no split {split!r}; it has {list(builder.info.splits)}"
         ) from None
     if builder.info.file_format != tfds.core.FileFormat.ARRAY_RECORD:
-        raise ValueError(
+        raise UserError(
             f"dataset {name!r} in {builder.data_dir} is stored as "
             f"{builder.info.file_format.value}; random access needs ArrayRecord: rebuild with "
             "--file_format=array_record"
@@ -275,7 +276,7 @@ def _eval_example(source: Any, cfg: ml_collections.ConfigDict, index: int) -> Ex
 
 def per_process_batch_size(global_batch_size: int, shard: ProcessShard) -> int:
     if global_batch_size % shard.count:
-        raise ValueError(
+        raise UserError(
             f"input.global_batch_size={global_batch_size} is not divisible by the "
             f"{shard.count} JAX processes"
         )
@@ -303,7 +304,7 @@ def resolve_num_workers(num_workers: int) -> int:
     if num_workers >= 0:
         return num_workers
     if num_workers != -1:
-        raise ValueError(f"input.num_workers must be >= 0 or -1 (auto); got {num_workers}")
+        raise UserError(f"input.num_workers must be >= 0 or -1 (auto); got {num_workers}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max((cores or 1) - 1, 0)
 
@@ -424,26 +425,19 @@ def make_train_dataset(
 
 
 def make_eval_dataset(
-    config: ml_collections.ConfigDict, split: str | None = None, shard: ProcessShard | None = None
+    config: ml_collections.ConfigDict, source: Any = None, shard: ProcessShard | None = None
 ) -> grain.IterDataset:
-    """One pass of eval batches {image, label, index, key, mask}; padding has mask False."""
+    """One pass of eval batches {image, label, index, key, mask}; padding has mask False.
+
+    `source`: any random-access source of {image, label[, key]} records (a RecordReader, a TFDS
+    data source or a relabeling view of one); default: the config's eval split."""
     shard = shard or ProcessShard.from_jax()
     cfg = config.input
-    source = open_source(
-        config.data.name, split or config.data.eval_split, config.data.get("data_dir")
-    )
+    if source is None:
+        data = config.data
+        source = RecordReader(open_source(data.name, data.eval_split, data.get("data_dir")))
     batch = per_process_batch_size(cfg.eval_batch_size, shard)
     ds = grain.MapDataset.source(eval_indices(len(source), batch, shard))
-    ds = ds.map(functools.partial(_eval_example, RecordReader(source), cfg))
+    ds = ds.map(functools.partial(_eval_example, source, cfg))
     ds = ds.batch(batch, drop_remainder=True)
     return _finish(ds, cfg)
-
-
-def num_eval_batches(config: ml_collections.ConfigDict, split: str | None = None) -> int:
-    """Number of eval batches every process yields (identical across processes)."""
-    source = open_source(
-        config.data.name, split or config.data.eval_split, config.data.get("data_dir")
-    )
-    shard = ProcessShard(0, ProcessShard.from_jax().count)
-    batch = per_process_batch_size(config.input.eval_batch_size, shard)
-    return len(eval_indices(len(source), batch, shard)) // batch

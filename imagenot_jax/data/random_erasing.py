@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from imagenot_jax.errors import UserError
+
 Box = tuple[int, int, int, int]  # (top, left, height, width)
 
 
@@ -38,7 +40,7 @@ def erase_fill(mean: Sequence[float], channels: int) -> np.ndarray:
     to uint8 that is off by at most 0.5 grey levels (0.5 / std ~ 0.009 in normalised units)."""
     fill = np.clip(np.round(np.asarray(mean, np.float64)), 0, 255).astype(np.uint8)
     if fill.size not in (1, channels):
-        raise ValueError(f"input.mean has {fill.size} values for {channels}-channel images")
+        raise UserError(f"input.mean has {fill.size} values for {channels}-channel images")
     return np.broadcast_to(fill, (channels,)).copy()
 
 

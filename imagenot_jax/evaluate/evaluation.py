@@ -21,124 +21,29 @@ and needs nothing more.
 
 from __future__ import annotations
 
-import functools
 import json
-from collections.abc import Callable
 from typing import Any
 
-import grain
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from etils import epath
-from flax import nnx
 
-from imagenot_jax.cli import (
-    define_compilation_cache_flag,
-    enable_compilation_cache,
-    quiet_library_logs,
-    run_user_command,
-)
+from imagenot_jax.cli import define_compilation_cache_flag, run_command
 from imagenot_jax.data import input_pipeline
-from imagenot_jax.evaluate import views
+from imagenot_jax.errors import MissingInputError, UserError
+from imagenot_jax.evaluate import predict, views
+from imagenot_jax.evaluate.metrics import clopper_pearson, metrics_from_predictions, summarize
 from imagenot_jax.evaluate.views import ClassMap
-from imagenot_jax.rank.stats import clopper_pearson
-from imagenot_jax.train import checkpoint, sharding, steps, trainer
+from imagenot_jax.train import checkpoint, sharding, trainer
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     path = epath.Path(workdir) / "config.json"
     if not path.exists():
-        raise FileNotFoundError(f"{path}: not found; --workdir must be a training workdir")
+        raise MissingInputError(f"{path}: not found; --workdir must be a training workdir")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-def per_class_recall(labels: np.ndarray, top1: np.ndarray, num_classes: int) -> list[float | None]:
-    """Recall of every class (None where the split has no example of it)."""
-    totals = np.bincount(labels, minlength=num_classes)
-    hits = np.bincount(labels[top1 == labels], minlength=num_classes)
-    return [float(h / t) if t else None for h, t in zip(hits, totals, strict=True)]
-
-
-def metrics_from_predictions(predictions: dict[str, np.ndarray], num_classes: int) -> dict:
-    """Top-1/5, loss, the top-1 interval and the equal-weighted accuracy (mean per-class recall
-    over the classes present in the split)."""
-    summary = trainer.summarize(predictions)
-    labels, top1 = predictions["label"], predictions["top5"][:, 0]
-    recall = per_class_recall(labels, top1, num_classes)
-    present = [r for r in recall if r is not None]
-    correct = int(np.sum(top1 == labels))
-    return {
-        **summary,
-        "correct": correct,
-        "top1_ci95": clopper_pearson(correct, summary["n"]),
-        "mean_per_class_recall": float(np.mean(present)) if present else float("nan"),
-        "per_class_recall": recall,
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Predictions.
-# ---------------------------------------------------------------------------------------------
-
-
-def make_view_eval_step(
-    setup: trainer.Setup, class_map: ClassMap | None, keep_logits: bool = False
-) -> Callable:
-    """steps.make_eval_step's outputs, with the labels mapped and the top-5 and loss taken over
-    the class map's classes only (plus the unrestricted top-5 and, optionally, the logits)."""
-    config = setup.config
-    dtype = jnp.dtype(config.model.dtype)
-    num_x = config.model.num_classes
-    restricted = class_map is not None
-    y_to_x = class_map.y_to_x if restricted else np.arange(num_x, dtype=np.int32)
-    classes = class_map.classes if restricted else np.arange(num_x, dtype=np.int32)
-    x_to_position = np.full(num_x, -1, np.int32)  # X class -> its column among `classes`
-    x_to_position[classes] = np.arange(len(classes))
-
-    def step(params, batch_stats, rest, batch):
-        model = nnx.merge(setup.model_def.eval, params, batch_stats, rest, copy=True)
-        logits = model(steps.normalize(batch["image"], config.input, dtype)).astype(jnp.float32)
-        y = batch["label"]
-        known = (y >= 0) & (y < len(y_to_x))
-        label = jnp.where(known, jnp.asarray(y_to_x)[jnp.clip(y, 0, len(y_to_x) - 1)], -1)
-        scored = logits[:, classes] if restricted else logits
-        position = jnp.where(label >= 0, jnp.asarray(x_to_position)[jnp.maximum(label, 0)], -1)
-        top = jax.lax.top_k(scored, min(5, len(classes)))[1]
-        out = {
-            "loss": steps.cross_entropy(scored, jax.nn.one_hot(position, len(classes))),
-            "top5": (jnp.asarray(classes)[top] if restricted else top).astype(jnp.int32),
-            "label": label.astype(jnp.int32),
-            "index": batch["index"],
-            "mask": batch["mask"],
-        }
-        if restricted:
-            out["y_label"] = y
-            out["top5_unrestricted"] = jax.lax.top_k(logits, min(5, num_x))[1].astype(jnp.int32)
-        if keep_logits:
-            out["logits"] = logits
-        return out
-
-    return jax.jit(step, out_shardings=sharding.replicated(setup.mesh))
-
-
-def _eval_batches(config: ml_collections.ConfigDict, source: Any) -> grain.IterDataset:
-    """input_pipeline.make_eval_dataset over a given (possibly relabeled) source."""
-    shard = input_pipeline.ProcessShard.from_jax()
-    batch = input_pipeline.per_process_batch_size(config.input.eval_batch_size, shard)
-    indices = input_pipeline.eval_indices(len(source), batch, shard)
-    example = functools.partial(input_pipeline._eval_example, source, config.input)
-    ds = grain.MapDataset.source(indices).map(example).batch(batch, drop_remainder=True)
-    return input_pipeline._finish(ds, config.input)
-
-
-def predict(
-    eval_step: Callable, setup: trainer.Setup, state: Any, source: Any
-) -> dict[str, np.ndarray]:
-    """trainer.predict_split over a given source: per-example outputs, each example once."""
-    return trainer.predict_batches(eval_step, setup, state, _eval_batches(setup.config, source))
 
 
 def _check_mapped(predictions: dict[str, np.ndarray], class_map: ClassMap | None, num_x: int):
@@ -146,12 +51,12 @@ def _check_mapped(predictions: dict[str, np.ndarray], class_map: ClassMap | None
     if not bad.any():
         return
     if class_map is None:
-        raise ValueError(
+        raise UserError(
             f"{int(bad.sum())} examples have labels outside the model's {num_x} classes; "
             "pass --class_map"
         )
     labels = np.unique(predictions["y_label"][bad])
-    raise ValueError(
+    raise UserError(
         f"class map {class_map.source} has no entry for labels {labels[:5].tolist()} "
         f"({int(bad.sum())} examples)"
     )
@@ -170,7 +75,7 @@ def _restore(workdir: str, config: ml_collections.ConfigDict, step: int | None, 
     checkpointer = checkpoint.Checkpointer(workdir, config.checkpoint, read_only=True)
     step = step if step is not None else checkpointer.latest_step()
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {checkpointer.directory}")
+        raise MissingInputError(f"no checkpoint in {checkpointer.directory}")
     abstract = checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
     state = checkpointer.restore(step, abstract)
     checkpointer.close()
@@ -194,7 +99,7 @@ def evaluate_checkpoint(
 ) -> tuple[dict[str, Any], epath.Path]:
     """Evaluates one checkpoint; returns the metrics and the path of the JSON written.
 
-    `class_map` ("identity", "wnid" or a file, see eval_views) restricts the model to the mapped
+    `class_map` ("identity", "wnid" or a file, see views.py) restricts the model to the mapped
     classes; `real` (default: when the dataset has a `real_label` feature) adds ReaL accuracy;
     `save_logits` keeps every example's logits in the .examples.npz (float32, n x classes)."""
     config = load_run_config(workdir)
@@ -211,12 +116,13 @@ def evaluate_checkpoint(
     )
     mapping = _class_map(class_map, data, training_data, config)
     if real and not data.has_real:
-        raise ValueError(f"--real: dataset {data.name!r} has no {views.REAL_FEATURE!r} feature")
+        raise UserError(f"--real: dataset {data.name!r} has no {views.REAL_FEATURE!r} feature")
     use_real = data.has_real if real is None else real
 
     setup, state, step = _restore(workdir, config, step, use_ema)
-    eval_step = make_view_eval_step(setup, mapping, save_logits)
-    predictions = predict(eval_step, setup, state, data.eval_source)
+    eval_step = predict.make_eval_step(setup, mapping, save_logits)
+    batches = input_pipeline.make_eval_dataset(config, data.eval_source)
+    predictions = predict.predict(eval_step, setup, state, batches)
     _check_mapped(predictions, mapping, config.model.num_classes)
     result = {
         **metrics_from_predictions(predictions, config.model.num_classes),
@@ -231,7 +137,7 @@ def evaluate_checkpoint(
         "class_map": mapping.describe() if mapping else None,
     }
     if mapping:
-        unrestricted = trainer.summarize({**predictions, "top5": predictions["top5_unrestricted"]})
+        unrestricted = summarize({**predictions, "top5": predictions["top5_unrestricted"]})
         result |= {
             "unrestricted_top1": unrestricted["top1"],
             "unrestricted_top5": unrestricted["top5"],
@@ -363,11 +269,7 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     options = flags.FLAGS
-    quiet_library_logs()
-    enable_compilation_cache(options.compilation_cache)
 
     def run() -> None:
         result, path = evaluate_checkpoint(
@@ -385,4 +287,4 @@ def main(argv: list[str]) -> None:
         print(format_result(result))
         print(f"wrote {path}")
 
-    run_user_command(run)
+    run_command(argv, run, compilation_cache=options.compilation_cache)

@@ -32,6 +32,7 @@ from absl import logging
 from etils import epath
 
 from imagenot_jax.data import datasets, input_pipeline
+from imagenot_jax.errors import MissingInputError, UserError
 
 IDENTITY, WNID = "identity", "wnid"
 REAL_FEATURE = "real_label"  # TFDS imagenet2012_real: Sequence(ClassLabel) of ImageNet classes
@@ -79,7 +80,7 @@ def _make(source: str, y_to_x: np.ndarray) -> ClassMap:
     y_to_x = np.asarray(y_to_x, np.int32)
     classes = np.unique(y_to_x[y_to_x >= 0]).astype(np.int32)
     if not len(classes):
-        raise ValueError(f"class map {source}: maps no label")
+        raise UserError(f"class map {source}: maps no label")
     return ClassMap(source, y_to_x, classes)
 
 
@@ -93,7 +94,7 @@ def identity_map(present_labels: np.ndarray, num_x: int) -> ClassMap:
     present = np.unique(np.asarray(present_labels, np.int64))
     outside = present[(present < 0) | (present >= num_x)]
     if len(outside):
-        raise ValueError(
+        raise UserError(
             f"--class_map identity: labels {outside[:5].tolist()} are not classes of the model "
             f"(0..{num_x - 1})"
         )
@@ -106,13 +107,13 @@ def wnid_map(y_names: Sequence[str] | None, x_names: Sequence[str] | None) -> Cl
     """Y's class `n` is X's class named `n` (both `label` features named by WordNet id)."""
     if default_names(y_names) or default_names(x_names):
         side = "evaluated" if default_names(y_names) else "training"
-        raise ValueError(
+        raise UserError(
             f"--class_map wnid: the {side} dataset's `label` feature has no class names"
         )
     index = {name: i for i, name in enumerate(x_names)}
     missing = [name for name in y_names if name not in index]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"--class_map wnid: {len(missing)} of the dataset's {len(y_names)} classes are not "
             f"classes of the model ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})"
         )
@@ -125,13 +126,13 @@ def _resolve(token: str, names: Sequence[str] | None, size: int | None, what: st
         value = int(token)
     except ValueError:
         if default_names(names) or token not in names:
-            raise ValueError(
+            raise UserError(
                 f"{where}: {what} {token!r} is neither an index nor a class name of its dataset"
             ) from None
         return list(names).index(token)
     if value < 0 or (size is not None and value >= size):
         limit = f"0..{size - 1}" if size is not None else "non-negative"
-        raise ValueError(f"{where}: {what} {value} is out of range ({limit})")
+        raise UserError(f"{where}: {what} {value} is out of range ({limit})")
     return value
 
 
@@ -142,9 +143,9 @@ def _map_entries(path: epath.Path) -> list[tuple[str, str, str]]:
         try:
             content = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
+            raise UserError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(content, dict):
-            raise ValueError(f"{path}: expected a JSON object {{y_label: x_class}}")
+            raise UserError(f"{path}: expected a JSON object {{y_label: x_class}}")
         return [(str(y), str(x), f"{path} key {y!r}") for y, x in content.items()]
     entries = []
     for number, line in enumerate(text.splitlines(), 1):
@@ -153,7 +154,7 @@ def _map_entries(path: epath.Path) -> list[tuple[str, str, str]]:
             continue
         fields = [f.strip() for f in line.split("\t")] if "\t" in line else line.split()
         if len(fields) != 2:
-            raise ValueError(f"{path}:{number}: expected `y_label<TAB>x_class`, got {line!r}")
+            raise UserError(f"{path}:{number}: expected `y_label<TAB>x_class`, got {line!r}")
         entries.append((fields[0], fields[1], f"{path}:{number}"))
     return entries
 
@@ -169,20 +170,20 @@ def file_map(
     """Reads a map file; every Y class (when Y's label space is known) needs an entry."""
     file = epath.Path(path)
     if not file.exists():
-        raise FileNotFoundError(f"{path}: class map file not found")
+        raise MissingInputError(f"{path}: class map file not found")
     mapping: dict[int, int] = {}
     for y_token, x_token, where in _map_entries(file):
         y = _resolve(y_token, y_names, num_y, "label", where)
         x = _resolve(x_token, x_names, num_x, "model class", where)
         if y in mapping:
-            raise ValueError(f"{where}: label {y} is mapped twice")
+            raise UserError(f"{where}: label {y} is mapped twice")
         mapping[y] = x
     if not mapping:
-        raise ValueError(f"{path}: no entries")
+        raise UserError(f"{path}: no entries")
     size = num_y if num_y is not None else max(mapping) + 1
     missing = sorted(set(range(size)) - set(mapping))
     if missing:
-        raise ValueError(
+        raise UserError(
             f"{path}: no entry for {len(missing)} of the dataset's {size} labels "
             f"({', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''})"
         )
@@ -251,7 +252,7 @@ class EvalData:
     def eval_source(self) -> Any:
         """The source as the eval pipeline reads it: the label under `label`."""
         if self.label_feature == "label":
-            return self.source
+            return input_pipeline.RecordReader(self.source)
         return _Relabeled(self.source, self.label_feature)
 
     def present_labels(self) -> np.ndarray:
@@ -276,13 +277,13 @@ def open_eval_data(name: str, split: str, data_dir: str | None) -> EvalData:
         key = next((f for f in KEY_FEATURES if f in features), None)
         real = REAL_FEATURE if REAL_FEATURE in features else None
     if label is None:
-        raise ValueError(
+        raise UserError(
             f"dataset {name!r} has none of the label features {LABEL_FEATURES} "
             f"(it has {sorted(features.keys())})"
         )
     missing = [f for f in (label, key, real) if f is not None and f not in features]
     if missing:
-        raise ValueError(
+        raise UserError(
             f"dataset {name!r} lacks the features {missing} its registry entry names "
             f"(it has {sorted(features.keys())})"
         )
@@ -327,14 +328,14 @@ def training_class_names(name: str, data_dir: str | None) -> list[str] | None:
 def check_label_space(data: EvalData, x_names: Sequence[str] | None, num_x: int) -> None:
     """Without a class map the dataset's labels must be the model's classes, in its order."""
     if data.num_classes is not None and data.num_classes != num_x:
-        raise ValueError(
+        raise UserError(
             f"dataset {data.name!r} has {data.num_classes} classes and the model {num_x}; to "
             "evaluate on a subset of the model's classes pass --class_map identity|wnid|FILE"
         )
     if default_names(data.names) or default_names(x_names) or data.names == list(x_names):
         return
     if sorted(data.names) == sorted(x_names):
-        raise ValueError(
+        raise UserError(
             f"dataset {data.name!r} has the training data's class names in another order; "
             "pass --class_map wnid"
         )

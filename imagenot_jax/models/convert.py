@@ -27,6 +27,7 @@ from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 
+from imagenot_jax.errors import ExistingOutputError, MissingInputError, UserError
 from imagenot_jax.models.registry import get_model
 from imagenot_jax.models.torch_weights import load_torchvision
 
@@ -65,13 +66,13 @@ def read_torch_state_dict(path: str) -> dict[str, Any]:
     except ImportError:
         raise ImportError("reading .pth files needs torch: pip install -e '.[curation]'") from None
     if not epath.Path(path).exists():
-        raise FileNotFoundError(f"{path}: no such torch weights file")
+        raise MissingInputError(f"{path}: no such torch weights file")
     with epath.Path(path).open("rb") as f:
         try:
             loaded = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises several types for a bad file
             detail = next(iter(str(err).strip().splitlines()), "")  # torch's run for pages
-            raise ValueError(
+            raise UserError(
                 f"{path}: not a torch state_dict ({type(err).__name__}: {detail})"
             ) from None
     for key in ("model", "state_dict"):  # training checkpoints of torchvision's references
@@ -79,7 +80,7 @@ def read_torch_state_dict(path: str) -> dict[str, Any]:
             loaded = loaded[key]
             break
     if not isinstance(loaded, dict) or not loaded:
-        raise ValueError(
+        raise UserError(
             f"{path}: expected a state_dict (name -> tensor), got {type(loaded).__name__}"
         )
     # DDP / torchvision-reference EMA wrappers prefix every key.
@@ -97,22 +98,16 @@ def write_checkpoint(model: nnx.Module, config: ml_collections.ConfigDict, out: 
     workdir = epath.Path(out)
     if not workdir.is_absolute():  # orbax wants absolute paths (gs:// ones already are)
         workdir = epath.Path(os.path.abspath(out))
-    if (workdir / "checkpoints").exists():
-        raise FileExistsError(f"{workdir / 'checkpoints'}: already exists; choose a new --out")
+    if checkpoint.checkpoints_directory(workdir).exists():
+        raise ExistingOutputError(
+            f"{checkpoint.checkpoints_directory(workdir)}: already exists; choose a new --out"
+        )
     mesh = sharding.make_mesh()
     setup = trainer.make_setup(config, mesh, num_train_examples=config.input.global_batch_size)
     _, params, batch_stats, rest = trainer.split_model(model)
-    state = trainer.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=batch_stats,
-        rest=rest,
-        opt_state=setup.tx.init(params),
-        ema=None,
-        key=jax.random.key_data(jax.random.key(config.seed + 2)),
-    )
+    state = trainer.new_state(config, setup.tx, params, batch_stats, rest)
     if jax.tree.structure(state) != jax.tree.structure(setup.abstract_state):
-        raise ValueError(
+        raise UserError(
             f"config.model ({config.model.name}, kwargs {config.model.kwargs.to_dict()}) does "
             "not build the converted model's structure"
         )
@@ -120,7 +115,7 @@ def write_checkpoint(model: nnx.Module, config: ml_collections.ConfigDict, out: 
     workdir.mkdir(parents=True, exist_ok=True)
     trainer.write_config(config, workdir)
     checkpointer = checkpoint.Checkpointer(str(workdir), config.checkpoint)
-    checkpointer.save(0, state, None, config)
+    checkpointer.save(0, state, None)
     checkpointer.wait()
     checkpointer.close()
     return workdir
@@ -161,12 +156,9 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    from imagenot_jax.cli import quiet_library_logs, run_user_command
+    from imagenot_jax.cli import run_command
 
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     options = flags.FLAGS
-    quiet_library_logs()
 
     def run() -> None:
         config = conversion_config(options.model, options.num_classes, options.config)
@@ -178,7 +170,7 @@ def main(argv: list[str]) -> None:
         print(f"wrote {options.model} ({options.torch_weights}) to {workdir}")
         print(f"evaluate: python -m imagenot_jax.evaluate --workdir {workdir}")
 
-    run_user_command(run)
+    run_command(argv, run)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from imagenot_jax.errors import UserError
 from imagenot_jax.models.layers import torch_conv
 from imagenot_jax.models.registry import register_model
 from imagenot_jax.models.torch_nn import (
@@ -237,7 +238,7 @@ def _build(block_setting: list[CNBlockConfig], default_sd: float, kwargs: dict) 
     widths = kwargs.pop("widths", [stage.input_channels for stage in block_setting])
     depths = kwargs.pop("depths", [stage.num_layers for stage in block_setting])
     if not len(widths) == len(depths) == len(block_setting):
-        raise ValueError(f"ConvNeXt: need {len(block_setting)} stage widths and depths")
+        raise UserError(f"ConvNeXt: need {len(block_setting)} stage widths and depths")
     outs = [*widths[1:], None]
     setting = [CNBlockConfig(*stage) for stage in zip(widths, outs, depths, strict=True)]
     return ConvNeXt(setting, **kwargs)

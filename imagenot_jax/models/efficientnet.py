@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from imagenot_jax.errors import UserError
 from imagenot_jax.models.layers import BatchNorm, make_divisible, torch_conv
 from imagenot_jax.models.registry import register_model
 from imagenot_jax.models.torch_nn import (
@@ -162,7 +163,7 @@ class MBConv(_ResidualBlock):
 
     def __init__(self, cnf: MBConvConfig, stochastic_depth_prob: float, **kw: Any):
         if not 1 <= cnf.stride <= 2:
-            raise ValueError(f"MBConv: illegal stride {cnf.stride}, expected 1 or 2")
+            raise UserError(f"MBConv: illegal stride {cnf.stride}, expected 1 or 2")
         self.use_res_connect = cnf.stride == 1 and cnf.input_channels == cnf.out_channels
         expanded = cnf.expanded_channels()
         layers: list[nnx.Module] = []
@@ -186,7 +187,7 @@ class FusedMBConv(_ResidualBlock):
 
     def __init__(self, cnf: MBConvConfig, stochastic_depth_prob: float, **kw: Any):
         if not 1 <= cnf.stride <= 2:
-            raise ValueError(f"FusedMBConv: illegal stride {cnf.stride}, expected 1 or 2")
+            raise UserError(f"FusedMBConv: illegal stride {cnf.stride}, expected 1 or 2")
         self.use_res_connect = cnf.stride == 1 and cnf.input_channels == cnf.out_channels
         c_in, c_out, expanded = cnf.input_channels, cnf.out_channels, cnf.expanded_channels()
         k, s = cnf.kernel, cnf.stride

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from imagenot_jax.errors import UserError
 from imagenot_jax.models.layers import BatchNorm, torch_bias_init, torch_conv
 from imagenot_jax.models.registry import register_model
 from imagenot_jax.models.torch_nn import AdaptiveAvgPool2d, MaxPool2d, remat_block
@@ -28,7 +29,6 @@ from imagenot_jax.models.torch_nn import AdaptiveAvgPool2d, MaxPool2d, remat_blo
 _TRANSFORM_SCALE = (0.229 / 0.5, 0.224 / 0.5, 0.225 / 0.5)
 _TRANSFORM_SHIFT = ((0.485 - 0.5) / 0.5, (0.456 - 0.5) / 0.5, (0.406 - 0.5) / 0.5)
 
-MIN_EVAL_SIZE = 75  # smallest input (px) for eval mode or aux_logits=False
 MIN_AUX_TRAIN_SIZE = 299  # smallest input (px) for train mode with the auxiliary head
 
 
@@ -304,7 +304,7 @@ class Inception3(nnx.Module):
             x = _transform_input(x)
         use_aux = self.AuxLogits is not None and not self.deterministic
         if use_aux and min(x.shape[1:3]) < MIN_AUX_TRAIN_SIZE:
-            raise ValueError(
+            raise UserError(
                 f"Inception3: train mode with aux_logits=True needs inputs of at least "
                 f"{MIN_AUX_TRAIN_SIZE}x{MIN_AUX_TRAIN_SIZE} px, got {x.shape[1]}x{x.shape[2]}"
             )

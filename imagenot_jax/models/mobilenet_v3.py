@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from imagenot_jax.errors import UserError
 from imagenot_jax.models.layers import BatchNorm, make_divisible, torch_conv
 from imagenot_jax.models.registry import register_model
 from imagenot_jax.models.torch_nn import Activation, Sequential, remat_block
@@ -106,7 +107,7 @@ class InvertedResidual(nnx.Module):
 
     def __init__(self, cnf: InvertedResidualConfig, **kw: Any):
         if not 1 <= cnf.stride <= 2:
-            raise ValueError(f"InvertedResidual: illegal stride {cnf.stride}, expected 1 or 2")
+            raise UserError(f"InvertedResidual: illegal stride {cnf.stride}, expected 1 or 2")
         self.use_res_connect = cnf.stride == 1 and cnf.input_channels == cnf.out_channels
         act = "hardswish" if cnf.use_hs else "relu"
         layers: list[nnx.Module] = []
@@ -246,7 +247,7 @@ def _mobilenet_v3_conf(
         ]
         last_channel = make_divisible(1024 // rd * width_mult, 8)  # C5
     else:
-        raise ValueError(f"unsupported MobileNetV3 arch {arch!r}")
+        raise UserError(f"unsupported MobileNetV3 arch {arch!r}")
     return setting, last_channel
 
 

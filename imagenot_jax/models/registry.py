@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import jax.numpy as jnp
 from flax import nnx
 
+from imagenot_jax.errors import UserError
 from imagenot_jax.models.torch_nn import set_remat
 
 ModelFn = TypeVar("ModelFn", bound=Callable[..., nnx.Module])
@@ -53,7 +54,7 @@ def get_model(
     try:
         fn = _REGISTRY[name]
     except KeyError:
-        raise ValueError(
+        raise UserError(
             f"unknown model {name!r}; expected one of: {', '.join(list_models())}"
         ) from None
     model = fn(num_classes=num_classes, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **kwargs)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from imagenot_jax.errors import UserError
 from imagenot_jax.models.layers import BatchNorm, torch_conv, torch_linear
 from imagenot_jax.models.registry import register_model
 from imagenot_jax.models.torch_nn import Sequential, remat_block
@@ -134,7 +135,7 @@ class ResNet(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if len(depths) != len(widths):
-            raise ValueError(f"ResNet: {len(depths)} stage depths but {len(widths)} widths")
+            raise UserError(f"ResNet: {len(depths)} stage depths but {len(widths)} widths")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.dtype = dtype
         self.small_input = small_input

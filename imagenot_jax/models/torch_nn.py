@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from imagenot_jax.errors import UserError
+
 _ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "relu": nnx.relu,
     "hardswish": jax.nn.hard_swish,
@@ -33,7 +35,7 @@ class Activation(nnx.Module):
 
     def __init__(self, kind: str):
         if kind not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation {kind!r}; expected one of {sorted(_ACTIVATIONS)}")
+            raise UserError(f"unknown activation {kind!r}; expected one of {sorted(_ACTIVATIONS)}")
         self.kind = kind
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -165,7 +167,7 @@ class StochasticDepth(nnx.Module):
 
     def __init__(self, p: float, *, rngs: nnx.Rngs, deterministic: bool | None = None):
         if not 0.0 <= p <= 1.0:
-            raise ValueError(f"StochasticDepth: drop probability has to be in [0, 1], got {p}")
+            raise UserError(f"StochasticDepth: drop probability has to be in [0, 1], got {p}")
         self.p = p
         # None, like BatchNorm's use_running_average: model.train()/eval() must set the mode.
         self.deterministic = deterministic

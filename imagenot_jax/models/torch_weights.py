@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from imagenot_jax.errors import UserError
+
 # torch buffers with no counterpart in the NNX model (BN's step counter: momentum is fixed).
 IGNORED_SUFFIXES = ("num_batches_tracked",)
 
@@ -49,9 +51,9 @@ def _variable_at(model: nnx.Module, key: str, parts: list[str]) -> nnx.Variable:
         try:
             node = node[int(part)] if part.isdigit() else getattr(node, part)
         except (AttributeError, IndexError, TypeError):
-            raise ValueError(f"torch key {key!r}: model has no {part!r} on that path") from None
+            raise UserError(f"torch key {key!r}: model has no {part!r} on that path") from None
     if not isinstance(node, nnx.Variable):
-        raise ValueError(f"torch key {key!r} maps to {type(node).__name__}, not a variable")
+        raise UserError(f"torch key {key!r} maps to {type(node).__name__}, not a variable")
     return node
 
 
@@ -73,7 +75,7 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> N
         variable = _variable_at(model, key, [*path, name])
         target = variable[...]
         if tuple(target.shape) != array.shape:
-            raise ValueError(
+            raise UserError(
                 f"torch key {key!r}: shape {array.shape} (converted) != model's {target.shape}"
             )
         variable[...] = jnp.asarray(array, dtype=target.dtype)
@@ -84,7 +86,7 @@ def load_torch_state_dict(model: nnx.Module, state_dict: Mapping[str, Any]) -> N
         if isinstance(node, nnx.Param | nnx.BatchStat) and id(node) not in assigned
     ]
     if missing:
-        raise ValueError(f"state_dict has no value for model variables: {', '.join(missing)}")
+        raise UserError(f"state_dict has no value for model variables: {', '.join(missing)}")
 
 
 def load_torchvision(model: nnx.Module, state_dict: Mapping[str, Any]) -> None:

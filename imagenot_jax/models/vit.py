@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from imagenot_jax.errors import UserError
 from imagenot_jax.models.layers import linear_kernel_init, torch_conv
 from imagenot_jax.models.registry import register_model
 from imagenot_jax.models.torch_nn import Activation, Sequential, remat_block
@@ -76,7 +77,7 @@ class MultiheadAttention(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
+            raise UserError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.dtype = dtype
         self.in_proj_weight = nnx.Param(
@@ -264,7 +265,7 @@ class VisionTransformer(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if image_size % patch_size:
-            raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
+            raise UserError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.image_size, self.patch_size, self.hidden_dim = image_size, patch_size, hidden_dim
         self.dtype = dtype
@@ -299,7 +300,7 @@ class VisionTransformer(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         n, h, w, _ = x.shape
         if (h, w) != (self.image_size, self.image_size):
-            raise ValueError(
+            raise UserError(
                 f"VisionTransformer expects {self.image_size}x{self.image_size} images "
                 f"(the position embedding is not resized), got {h}x{w}"
             )

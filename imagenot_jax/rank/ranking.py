@@ -25,10 +25,12 @@ import math
 from typing import Any
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from etils import epath
 
-from imagenot_jax.cli import run_user_command
+from imagenot_jax.cli import run_command
+from imagenot_jax.errors import MissingInputError, UserError
+from imagenot_jax.evaluate.metrics import clopper_pearson
 from imagenot_jax.rank import reference, report, stats
 
 METRICS = ("top1", "top5", "mean_per_class_recall")
@@ -77,9 +79,9 @@ def _read_json(path: epath.Path) -> dict[str, Any]:
     try:
         record = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+        raise UserError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(record, dict) or "model" not in record:
-        raise ValueError(f"{path}: no 'model' field; expected an imagenot_jax.evaluate JSON")
+        raise UserError(f"{path}: no 'model' field; expected an imagenot_jax.evaluate JSON")
     return record
 
 
@@ -93,10 +95,10 @@ def _pick_eval(directory: epath.Path, dataset: str | None, split: str | None) ->
     """The newest eval JSON of a workdir (or eval dir) matching the filters."""
     folder = directory / "eval" if (directory / "eval").is_dir() else directory
     if folder == directory and (directory / "config.json").exists():  # a workdir, no eval yet
-        raise FileNotFoundError(f"{directory}/eval: not found; run imagenot_jax.evaluate first")
+        raise MissingInputError(f"{directory}/eval: not found; run imagenot_jax.evaluate first")
     found = [(p, _read_json(p)) for p in folder.glob("*.json")]
     if not found:
-        raise FileNotFoundError(f"{folder}: no eval JSON; run imagenot_jax.evaluate first")
+        raise MissingInputError(f"{folder}: no eval JSON; run imagenot_jax.evaluate first")
     matching = [(p, r) for p, r in found if _matches(r, dataset, split)]
     # Prefer plain evaluations to class-restricted views (evaluate --class_map); a view is
     # ranked by naming its JSON.
@@ -104,7 +106,7 @@ def _pick_eval(directory: epath.Path, dataset: str | None, split: str | None) ->
     matching = plain or matching
     if not matching:
         have = sorted({f"{r.get('dataset')}/{r.get('split')}" for _, r in found})
-        raise ValueError(
+        raise UserError(
             f"{folder}: no eval JSON for dataset={dataset} split={split} (has: {', '.join(have)})"
         )
     return max(matching, key=lambda pr: (pr[0].stat().mtime, pr[1].get("step", -1)))[0]
@@ -114,7 +116,7 @@ def _load_eval(name: str | None, path: epath.Path, metric: str) -> ModelResult:
     record = _read_json(path)
     for field in ("n", metric):
         if field not in record:
-            raise ValueError(f"{path}: no {field!r} field")
+            raise UserError(f"{path}: no {field!r} field")
     examples = path.parent / f"{path.name.removesuffix('.json')}.examples.npz"
     return ModelResult(
         name=name or str(record["model"]),
@@ -140,15 +142,15 @@ def _expand(item: str) -> list[tuple[str | None, epath.Path]]:
     if "://" not in path and any(c in path for c in "*?[") and not epath.Path(path).exists():
         paths = sorted(glob.glob(path))
         if not paths:
-            raise FileNotFoundError(f"{path}: matches no file")
+            raise MissingInputError(f"{path}: matches no file")
         if name is not None and len(paths) > 1:
-            raise ValueError(f"{item}: a name can label one path, the pattern matches {paths}")
+            raise UserError(f"{item}: a name can label one path, the pattern matches {paths}")
         return [(name, epath.Path(p)) for p in paths]
     if not epath.Path(path).exists():
         known = ", ".join(reference.REFERENCE_SETS)
         if "/" not in path and not path.endswith(".json"):
-            raise ValueError(f"unknown result set {path!r}: not a path nor a table ({known})")
-        raise FileNotFoundError(f"{path}: not found (expected a workdir, an eval JSON or {known})")
+            raise UserError(f"unknown result set {path!r}: not a path nor a table ({known})")
+        raise MissingInputError(f"{path}: not found (expected a workdir, an eval JSON or {known})")
     return [(name, epath.Path(path))]
 
 
@@ -160,24 +162,24 @@ def load_result_set(
     comma-separated ones) of workdirs and eval JSONs, each optionally `name=path`. `dataset`
     and `split` choose among a workdir's eval results (default: its newest)."""
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+        raise UserError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
     parts = [spec] if isinstance(spec, str) else spec
     items = [s.strip() for part in parts for s in part.split(",") if s.strip()]
     if not items:
-        raise ValueError("empty result set: give a built-in table's name or paths")
+        raise UserError("empty result set: give a built-in table's name or paths")
     if any(s in reference.REFERENCE_SETS for s in items):
         if len(items) > 1:
-            raise ValueError(f"a built-in table cannot be mixed with paths: {items}")
+            raise UserError(f"a built-in table cannot be mixed with paths: {items}")
         result_set = reference_set(items[0])
         if metric not in next(iter(result_set.models.values())).metrics:
-            raise ValueError(f"{items[0]} has no {metric}; use --metric top1 or top5")
+            raise UserError(f"{items[0]} has no {metric}; use --metric top1 or top5")
         return result_set
     models: dict[str, ModelResult] = {}
     for name, path in (entry for item in items for entry in _expand(item)):
         json_path = _pick_eval(path, dataset, split) if path.is_dir() else path
         result = _load_eval(name, json_path, metric)
         if result.name in models:
-            raise ValueError(
+            raise UserError(
                 f"two runs named {result.name!r} ({models[result.name].source}, {json_path}); "
                 "name them with name=path"
             )
@@ -197,7 +199,7 @@ def _outcomes(path: str, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarra
         top5 = npz["top5"]
         hit = np.any(top5 == labels[:, None], axis=1) if metric == "top5" else top5[:, 0] == labels
     if len(np.unique(keys)) != len(keys):
-        raise ValueError(f"{path}: duplicate example keys")
+        raise UserError(f"{path}: duplicate example keys")
     return keys, labels, hit
 
 
@@ -252,17 +254,17 @@ def _check_models(a: ResultSet, b: ResultSet, labels: dict, base: str, metric: s
     for side, result_set in (("a", a), ("b", b)):
         lacking = [n for n, r in result_set.models.items() if metric not in r.metrics]
         if lacking:
-            raise ValueError(f"set {labels[side]}: no {metric} for {', '.join(lacking)}")
+            raise UserError(f"set {labels[side]}: no {metric} for {', '.join(lacking)}")
     names = [n for n in a.models if n in b.models]
     if len(names) < 3:
-        raise ValueError(
+        raise UserError(
             f"{len(names)} model(s) in both sets ({', '.join(names) or 'none'}); comparing "
             "rankings needs at least 3 (Kendall tau needs 2, a correlation without the base "
             f"needs 2 more); A has {', '.join(a.models)}; B has {', '.join(b.models)}"
         )
     for side, result_set in (("a", a), ("b", b)):
         if base not in result_set.models:
-            raise ValueError(
+            raise UserError(
                 f"base model {base!r} is not in set {labels[side]}; --base must be one of "
                 f"{', '.join(names)}"
             )
@@ -285,7 +287,7 @@ def _side(
     return {
         "accuracy": acc,
         "n": result.n,
-        "ci95": stats.clopper_pearson(hits, result.n),
+        "ci95": clopper_pearson(hits, result.n),
         "bootstrap_ci95": None if draws is None else stats.percentile_interval(draws[:, k]),
         "rank": rank,
         "relative_improvement": relative,
@@ -328,7 +330,7 @@ def compare(
     """Compares the rankings of the models present in both sets, writes ranking.json, the
     reports and figures to out_dir, and returns what ranking.json holds."""
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
+        raise UserError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
     labels = {"a": a_label or a.label, "b": b_label or b.label}
     if labels["a"] == labels["b"]:
         labels = {"a": f"A: {labels['a']}", "b": f"B: {labels['b']}"}
@@ -405,8 +407,6 @@ def define_flags() -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     options = flags.FLAGS
 
     def load(side: str) -> ResultSet:
@@ -423,4 +423,4 @@ def main(argv: list[str]) -> None:
         print(report.format_summary(result))
         print(f"wrote {', '.join(result['files'])} to {options.out}")
 
-    run_user_command(run)
+    run_command(argv, run)  # compiles nothing: no JAX cache

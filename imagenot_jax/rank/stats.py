@@ -18,6 +18,8 @@ import warnings
 import numpy as np
 from scipy import sparse, stats
 
+from imagenot_jax.errors import UserError
+
 PROBIT_EPS = 1e-6  # accuracies are clipped to [eps, 1 - eps] before the probit transform
 EXACT_SPEARMAN_MAX = 9  # Spearman p-values by full enumeration up to this many models (9! draws)
 
@@ -127,16 +129,6 @@ def pair_orders(names: list[str], acc_a: np.ndarray, acc_b: np.ndarray) -> dict:
     }
 
 
-def clopper_pearson(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
-    """Exact (Clopper-Pearson) binomial interval for a proportion."""
-    alpha = 1.0 - level
-    low = stats.beta.ppf(alpha / 2, successes, trials - successes + 1) if successes else 0.0
-    high = 1.0
-    if successes < trials:
-        high = stats.beta.ppf(1 - alpha / 2, successes + 1, trials - successes)
-    return float(low), float(high)
-
-
 def probit(acc: np.ndarray, eps: float = PROBIT_EPS) -> np.ndarray:
     """Inverse normal CDF of accuracies clipped away from 0 and 1 (where it is infinite)."""
     return stats.norm.ppf(np.clip(np.asarray(acc, dtype=np.float64), eps, 1.0 - eps))
@@ -186,7 +178,7 @@ def relative_improvements(acc: np.ndarray, base: int) -> np.ndarray:
     """X_i / X_base: every model's accuracy relative to the base model's."""
     acc = np.asarray(acc, dtype=np.float64)
     if acc[base] <= 0:
-        raise ValueError("the base model's accuracy is 0; relative improvements are undefined")
+        raise UserError("the base model's accuracy is 0; relative improvements are undefined")
     return acc / acc[base]
 
 

@@ -1,4 +1,5 @@
-"""Orbax checkpoints of the train state, the grain iterator state and the config, together.
+"""Orbax checkpoints of the train state and the grain iterator state, together (the run's
+config is the workdir's config.json, written once by the trainer).
 
 Keeps the latest `keep` checkpoints plus the best one by validation top-1. Saving is async for
 the arrays (training continues while they are written); a checkpoint directory only becomes
@@ -16,7 +17,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
-_STATE, _DATA, _CONFIG = "state", "data", "config"
+_STATE, _DATA = "state", "data"
 
 
 def default_checkpoint_config() -> ml_collections.ConfigDict:
@@ -27,8 +28,13 @@ def default_checkpoint_config() -> ml_collections.ConfigDict:
     return config
 
 
+def checkpoints_directory(workdir: str | epath.Path) -> epath.Path:
+    """Where a workdir's checkpoints live."""
+    return epath.Path(workdir) / "checkpoints"
+
+
 class Checkpointer:
-    """One workdir's checkpoints: `workdir/checkpoints/<step>/{state,data,config}`."""
+    """One workdir's checkpoints: `workdir/checkpoints/<step>/{state,data}`."""
 
     def __init__(self, workdir: str, cfg: ml_collections.ConfigDict, *, read_only: bool = False):
         policy = policies.AnyPreservationPolicy(
@@ -41,13 +47,12 @@ class Checkpointer:
                 ),
             ]
         )
-        self.directory = epath.Path(workdir) / "checkpoints"
+        self.directory = checkpoints_directory(workdir)
         self._manager = ocp.CheckpointManager(
             self.directory,
             item_handlers={
                 _STATE: ocp.StandardCheckpointHandler(),
                 _DATA: grain.checkpoint.CheckpointHandler(),
-                _CONFIG: ocp.JsonCheckpointHandler(),
             },
             options=ocp.CheckpointManagerOptions(
                 preservation_policy=policy,
@@ -68,13 +73,9 @@ class Checkpointer:
         step: int,
         state: Any,
         data_iterator: Any | None,
-        config: ml_collections.ConfigDict,
         metrics: dict[str, float] | None = None,
     ) -> None:
-        args = {
-            _STATE: ocp.args.StandardSave(state),
-            _CONFIG: ocp.args.JsonSave(config.to_dict()),
-        }
+        args = {_STATE: ocp.args.StandardSave(state)}
         if data_iterator is not None:  # None: weights only (converted torchvision weights)
             args[_DATA] = grain.checkpoint.CheckpointSave(data_iterator)
         self._manager.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=True)
@@ -87,10 +88,9 @@ class Checkpointer:
             args[_DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self._manager.restore(step, args=ocp.args.Composite(**args))[_STATE]
 
-    def restore_config(self, step: int) -> dict:
-        return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
-            _CONFIG
-        ]
+    def state_directory(self, step: int) -> epath.Path:
+        """Where the train state of `step` lies (for reading parts of it, as transfer does)."""
+        return self.directory / str(step) / _STATE
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

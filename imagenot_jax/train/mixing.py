@@ -19,6 +19,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from imagenot_jax.errors import UserError
+
 Box = tuple[jax.Array, jax.Array, jax.Array, jax.Array]  # (x1, y1, x2, y2), pixels, end-exclusive
 
 
@@ -120,12 +122,12 @@ def mix_batch(
     per-GPU collate. An alpha of 0 disables that method; both 0 returns the inputs unchanged.
     """
     if mixup_alpha < 0 or cutmix_alpha < 0:
-        raise ValueError(f"mixup_alpha={mixup_alpha}, cutmix_alpha={cutmix_alpha}: must be >= 0")
+        raise UserError(f"mixup_alpha={mixup_alpha}, cutmix_alpha={cutmix_alpha}: must be >= 0")
     if mixup_alpha == 0 and cutmix_alpha == 0:
         return images, targets
     batch = images.shape[0]
     if num_groups < 1 or batch % num_groups:
-        raise ValueError(f"batch of {batch} does not split into num_groups={num_groups} groups")
+        raise UserError(f"batch of {batch} does not split into num_groups={num_groups} groups")
     grouped_images = images.reshape(num_groups, batch // num_groups, *images.shape[1:])
     grouped_targets = targets.reshape(num_groups, batch // num_groups, *targets.shape[1:])
     mix = functools.partial(

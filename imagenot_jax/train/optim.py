@@ -28,6 +28,8 @@ import optax
 from flax import nnx
 from ml_collections import config_dict
 
+from imagenot_jax.errors import UserError
+
 # Modules whose parameters go to torchvision's "norm" group. torchvision also lists InstanceNorm
 # and LocalResponseNorm; nnx.InstanceNorm is included, LRN has no parameters. Models with their
 # own norm layers add them with `register_norm_class`.
@@ -44,8 +46,6 @@ EMBEDDING_NAMES: tuple[str, ...] = (
     "pos_embed",
     "relative_position_bias_table",
 )
-
-DECAY_GROUPS = ("norm", "bias", "embedding", "other")
 
 # torch.nn.utils.clip_grad_norm_: clip_coef = max_norm / (total_norm + 1e-6).
 _CLIP_EPS = 1e-6
@@ -106,7 +106,7 @@ def default_schedule_config() -> ml_collections.ConfigDict:
 
 def _check_choice(field: str, value: str, allowed: Mapping[str, Any]) -> None:
     if value not in allowed:
-        raise ValueError(f"{field}={value!r} is not one of {sorted(allowed)}")
+        raise UserError(f"{field}={value!r} is not one of {sorted(allowed)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ def _cosine_curve(cfg: ml_collections.ConfigDict, base_lr: float) -> EpochCurve:
     # torch CosineAnnealingLR(T_max=epochs - warmup_epochs, eta_min), closed form.
     t_max = cfg.epochs - cfg.warmup_epochs
     if t_max <= 0:
-        raise ValueError(
+        raise UserError(
             f"schedule.epochs={cfg.epochs} must exceed schedule.warmup_epochs={cfg.warmup_epochs}"
         )
     eta_min = cfg.eta_min
@@ -194,7 +194,7 @@ def learning_rate_schedule(
     cosine; the step-wise schedules stay step-wise at the same epoch boundaries).
     """
     if steps_per_epoch <= 0:
-        raise ValueError(f"steps_per_epoch={steps_per_epoch} must be positive")
+        raise UserError(f"steps_per_epoch={steps_per_epoch} must be positive")
     curve = _epoch_curve(schedule_cfg, base_lr)
     per_epoch = schedule_cfg.per_epoch
 
@@ -421,7 +421,7 @@ def _sgd(cfg: ml_collections.ConfigDict, decay: optax.GradientTransformation):
 
 def _rmsprop(cfg: ml_collections.ConfigDict, decay: optax.GradientTransformation):
     if cfg.nesterov:
-        raise ValueError("optim.nesterov=True is only supported with optim.name='sgd'")
+        raise UserError("optim.nesterov=True is only supported with optim.name='sgd'")
     return [decay, scale_by_torch_rmsprop(cfg.rmsprop_alpha, cfg.eps, cfg.momentum)]
 
 

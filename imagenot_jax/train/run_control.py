@@ -11,6 +11,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from imagenot_jax.errors import UserError
+
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN/inf; no checkpoint is written from that state."""
@@ -70,7 +72,7 @@ class Profiler:
         if steps is not None:
             first, last = (int(s) for s in steps)
             if not 1 <= first <= last:
-                raise ValueError(
+                raise UserError(
                     f"logging.profile_steps={tuple(steps)}: expected (first, last) steps with "
                     "1 <= first <= last"
                 )

@@ -17,6 +17,8 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from imagenot_jax.errors import UserError
+
 DATA_AXIS = "data"
 
 
@@ -114,6 +116,6 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
 def check_batch_divisible(global_batch_size: int, mesh: Mesh, what: str) -> None:
     devices = mesh.shape[DATA_AXIS]
     if global_batch_size % devices:
-        raise ValueError(
+        raise UserError(
             f"{what}={global_batch_size} is not divisible by the {devices} devices of the mesh"
         )

@@ -23,6 +23,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from imagenot_jax import transfer
+from imagenot_jax.errors import UserError
 from imagenot_jax.train import ema, mixing, sharding
 from imagenot_jax.train.sharding import DATA_AXIS
 
@@ -201,20 +202,20 @@ def accum_steps(config: ml_collections.ConfigDict, num_devices: int) -> int:
     limit = config.optim.get("max_device_batch")
     if limit is None:
         if steps < 1 or per_device % steps:
-            raise ValueError(
+            raise UserError(
                 f"optim.grad_accum_steps={steps} does not divide the per-device batch of "
                 f"{per_device} ({where})"
             )
         return steps
     if steps != 1:
-        raise ValueError(
+        raise UserError(
             f"optim.grad_accum_steps={steps} and optim.max_device_batch={limit}: set only one"
         )
     for n in range(1, per_device + 1):
         micro = per_device // n
         if per_device % n == 0 and micro <= limit and micro % group == 0:
             return n
-    raise ValueError(
+    raise UserError(
         f"optim.max_device_batch={limit}: no micro-batch of the per-device batch of {per_device} "
         f"({where}) is at most that and a multiple of mesh.bn_group_size={group}"
     )
@@ -224,12 +225,12 @@ def _bn_group_size(config: ml_collections.ConfigDict) -> int | None:
     """mesh.bn_group_size; None or 0 (settable from the command line) means none."""
     group = config.mesh.get("bn_group_size") or None
     if group is not None and config.mesh.bn_mode != "per_device":
-        raise ValueError(
+        raise UserError(
             f"mesh.bn_group_size={group} needs mesh.bn_mode='per_device' "
             f"(got {config.mesh.bn_mode!r}; set mesh.bn_group_size=0 for no groups)"
         )
     if group is not None and group < 1:
-        raise ValueError(f"mesh.bn_group_size={group}: expected a positive number of examples")
+        raise UserError(f"mesh.bn_group_size={group}: expected a positive number of examples")
     return group
 
 
@@ -237,7 +238,7 @@ def _check_groups(config: ml_collections.ConfigDict, num_devices: int, num_micro
     group = _bn_group_size(config)
     micro = config.input.global_batch_size // num_devices // num_micro
     if group is not None and micro % group:
-        raise ValueError(
+        raise UserError(
             f"mesh.bn_group_size={group} does not divide the per-device micro-batch of {micro} "
             f"(input.global_batch_size={config.input.global_batch_size} over {num_devices} "
             f"devices and {num_micro} optim.grad_accum_steps)"
@@ -253,7 +254,7 @@ def make_grad_fn(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, gra
     if config.mesh.bn_mode == "per_device":
         grad_fn = _per_device_bn(grad_fn, mesh)
     elif config.mesh.bn_mode != "global":
-        raise ValueError(f"mesh.bn_mode={config.mesh.bn_mode!r}: expected 'global' or 'per_device'")
+        raise UserError(f"mesh.bn_mode={config.mesh.bn_mode!r}: expected 'global' or 'per_device'")
     return _accumulate(grad_fn, num_micro, mesh)
 
 
@@ -334,27 +335,6 @@ def make_train_step(setup: Setup) -> Callable:
         out_shardings=(setup.state_shardings, sharding.replicated(mesh)),
         donate_argnums=0,
     )
-
-
-def make_eval_step(setup: Setup) -> Callable:
-    """Per-example outputs (loss, top-5 classes), replicated so every process can read them."""
-    config = setup.config
-    dtype = jnp.dtype(config.model.dtype)
-    k = min(5, config.model.num_classes)
-
-    def step(params, batch_stats, rest, batch):
-        model = nnx.merge(setup.model_def.eval, params, batch_stats, rest, copy=True)
-        logits = model(normalize(batch["image"], config.input, dtype)).astype(jnp.float32)
-        targets = jax.nn.one_hot(batch["label"], config.model.num_classes)
-        return {
-            "loss": cross_entropy(logits, targets),
-            "top5": jax.lax.top_k(logits, k)[1].astype(jnp.int32),
-            "label": batch["label"],
-            "index": batch["index"],
-            "mask": batch["mask"],
-        }
-
-    return jax.jit(step, out_shardings=sharding.replicated(setup.mesh))
 
 
 def eval_weights(state: TrainState) -> tuple[Any, Any]:

@@ -17,7 +17,6 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from absl import logging
 from etils import epath
@@ -25,10 +24,13 @@ from flax import nnx
 
 from imagenot_jax import models, transfer
 from imagenot_jax.data import input_pipeline
+from imagenot_jax.errors import UserError
+from imagenot_jax.evaluate import predict
+from imagenot_jax.evaluate.metrics import summarize
 from imagenot_jax.train import checkpoint, ema, optim, sharding
 from imagenot_jax.train.metric_writer import MetricWriter
 from imagenot_jax.train.run_control import NonFiniteLossError, PendingMetrics, Preemption, Profiler
-from imagenot_jax.train.steps import accum_steps, eval_weights, make_eval_step, make_train_step
+from imagenot_jax.train.steps import accum_steps, make_train_step
 
 # ---------------------------------------------------------------------------------------------
 # Model and train state.
@@ -92,6 +94,25 @@ class Setup:
     trainable: frozenset | None = None
 
 
+def new_state(
+    config: ml_collections.ConfigDict, tx: optax.GradientTransformation, params, batch_stats, rest
+) -> TrainState:
+    """A step-0 TrainState around these weights: fresh optimizer state, EMA (when the config
+    keeps one) starting at the weights, and the dropout/stochastic-depth key. Training, the
+    torchvision converter and transfer all start here."""
+    use_ema = config.optim.get("ema_decay") is not None
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        rest=rest,
+        opt_state=tx.init(params),
+        ema=ema.init_ema({"params": params, "batch_stats": batch_stats}) if use_ema else None,
+        # Its own stream, apart from the seeds of the parameter init and the input pipeline.
+        key=jax.random.key_data(jax.random.key(config.seed + 2)),
+    )
+
+
 def make_setup(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, num_train_examples: int
 ) -> Setup:
@@ -100,7 +121,7 @@ def make_setup(
     sharding.check_batch_divisible(global_batch, mesh, "input.global_batch_size")
     steps_per_epoch = num_train_examples // global_batch
     if steps_per_epoch < 1:
-        raise ValueError(
+        raise UserError(
             f"input.global_batch_size={global_batch} exceeds the {num_train_examples} "
             "training examples"
         )
@@ -125,16 +146,7 @@ def make_setup(
         if pretrained is not None:  # model.init: all but the fresh head from the checkpoint
             params = transfer.merge_pretrained(params, pretrained["params"])
             batch_stats = transfer.merge_pretrained(batch_stats, pretrained["batch_stats"])
-        use_ema = config.optim.get("ema_decay") is not None
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=batch_stats,
-            rest=rest,
-            opt_state=tx.init(params),
-            ema=ema.init_ema({"params": params, "batch_stats": batch_stats}) if use_ema else None,
-            key=jax.random.key_data(jax.random.key(config.seed + 2)),
-        )
+        return new_state(config, tx, params, batch_stats, rest)
 
     abstract_state = jax.eval_shape(init)
     shardings = sharding.state_shardings(abstract_state, mesh, config.mesh)
@@ -151,51 +163,6 @@ def make_setup(
         total_steps=int(total_steps),
         trainable=trainable,
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation over a split (used during training and by imagenot_jax.evaluate.evaluation).
-# ---------------------------------------------------------------------------------------------
-
-
-def predict_split(
-    eval_step: Callable,
-    setup: Setup,
-    state: TrainState,
-    config: ml_collections.ConfigDict,
-    split: str,
-) -> dict[str, np.ndarray]:
-    """Per-example loss, top-5, label and record index over a whole split, each example once."""
-    return predict_batches(eval_step, setup, state, input_pipeline.make_eval_dataset(config, split))
-
-
-def predict_batches(
-    eval_step: Callable, setup: Setup, state: TrainState, batches: Any
-) -> dict[str, np.ndarray]:
-    """The eval step's per-example outputs over padded host batches (`mask` drops the padding)."""
-    params, batch_stats = eval_weights(state)
-    sharding.check_batch_divisible(
-        setup.config.input.eval_batch_size, setup.mesh, "input.eval_batch_size"
-    )
-    outputs: dict[str, list[np.ndarray]] = {}
-    for local in batches:
-        result = jax.device_get(
-            eval_step(params, batch_stats, state.rest, sharding.global_batch(local, setup.mesh))
-        )
-        keep = result.pop("mask").astype(bool)
-        for name, value in result.items():
-            outputs.setdefault(name, []).append(value[keep])
-    return {name: np.concatenate(values) for name, values in outputs.items()}
-
-
-def summarize(predictions: dict[str, np.ndarray]) -> dict[str, float]:
-    top5, labels = predictions["top5"], predictions["label"]
-    return {
-        "top1": float(np.mean(top5[:, 0] == labels)),
-        "top5": float(np.mean((top5 == labels[:, None]).any(axis=1))),
-        "loss": float(np.mean(predictions["loss"])),
-        "n": len(labels),
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +198,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     write_config(config, workdir_path)
 
     setup = make_setup(config, mesh, num_train)
-    train_step, eval_step = make_train_step(setup), make_eval_step(setup)
+    train_step, eval_step = make_train_step(setup), predict.make_eval_step(setup)
     train_iter = iter(input_pipeline.make_train_dataset(config))
     checkpointer = checkpoint.Checkpointer(str(workdir_path), config.checkpoint)
     state = _initial_state(setup, checkpointer, train_iter)
@@ -269,7 +236,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 flushed = pending.flush(config.input.global_batch_size)  # times training only
                 if flushed:
                     writer.write(step, flushed)
-                predictions = predict_split(eval_step, setup, state, config, config.data.eval_split)
+                batches = input_pipeline.make_eval_dataset(config)
+                predictions = predict.predict(eval_step, setup, state, batches)
                 eval_metrics = {f"val_{k}": v for k, v in summarize(predictions).items()}
                 writer.write(step, eval_metrics)
                 last_eval = eval_metrics
@@ -283,7 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if flushed:
                     writer.write(step, flushed)
                 metrics_for_best = {"top1": eval_metrics["val_top1"]} if eval_metrics else None
-                checkpointer.save(step, state, train_iter, config, metrics_for_best)
+                checkpointer.save(step, state, train_iter, metrics_for_best)
             if preemption.requested:
                 logging.warning("preempted: checkpoint saved at step %d", step)
                 break
