@@ -72,3 +72,11 @@ def fake_fashion_mnist(tmp_path_factory) -> pathlib.Path:
         download_config=tfds.download.DownloadConfig(manual_dir=str(root / "manual")),
     )
     return root
+
+
+@pytest.fixture(scope="session")
+def pipeline_data_dir(tmp_path_factory) -> pathlib.Path:
+    """fashion_mnist_local/all (60 train, 25 test) and imagenot/full (photos, 4 train, 2 test)."""
+    from tests.helpers import build_pipeline_datasets
+
+    return build_pipeline_datasets(tmp_path_factory.mktemp("tfds"))

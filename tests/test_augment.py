@@ -10,13 +10,13 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from test_input_pipeline import _assert_same_batches, _config, _take, data_dir  # noqa: F401
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
 from imagenot_jax.data import augment, input_pipeline, random_erasing
 from imagenot_jax.data.datasets import IMAGENET_MEAN
 from imagenot_jax.data.input_pipeline import ProcessShard
+from tests.helpers import assert_same_batches, pipeline_config, take
 
 H, W = 112, 144  # not square, so width/height mix-ups show
 
@@ -287,55 +287,59 @@ def test_random_erasing_probability_and_fill():
 # --- pipeline ---------------------------------------------------------------------------------
 
 
-def _photo_config(data_dir, **overrides):  # noqa: F811
-    return _config(
-        data_dir, name="imagenot/full", global_batch_size=4, image_size=64,
+def _photo_config(pipeline_data_dir, **overrides):
+    return pipeline_config(
+        pipeline_data_dir, name="imagenot/full", global_batch_size=4, image_size=64,
         mean=IMAGENET_MEAN, **overrides,
     )  # fmt: skip
 
 
 @pytest.mark.parametrize("name", augment.POLICIES)
-def test_pipeline_with_policy_and_erasing_is_deterministic(data_dir, name):  # noqa: F811
-    config = _photo_config(data_dir, auto_augment=name, random_erase=0.5)
-    a = _take(input_pipeline.make_train_dataset(config, ProcessShard()), 3)
-    b = _take(input_pipeline.make_train_dataset(config, ProcessShard()), 3)
-    _assert_same_batches(a, b)
-    plain = _take(input_pipeline.make_train_dataset(_photo_config(data_dir), ProcessShard()), 3)
+def test_pipeline_with_policy_and_erasing_is_deterministic(pipeline_data_dir, name):
+    config = _photo_config(pipeline_data_dir, auto_augment=name, random_erase=0.5)
+    a = take(input_pipeline.make_train_dataset(config, ProcessShard()), 3)
+    b = take(input_pipeline.make_train_dataset(config, ProcessShard()), 3)
+    assert_same_batches(a, b)
+    plain = take(
+        input_pipeline.make_train_dataset(_photo_config(pipeline_data_dir), ProcessShard()), 3
+    )
     for batch, reference in zip(a, plain, strict=True):
         assert batch["image"].shape == (4, 64, 64, 3) and batch["image"].dtype == np.uint8
         np.testing.assert_array_equal(batch["index"], reference["index"])  # same stream
     assert not all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, plain, strict=True))
 
 
-def test_pipeline_with_augmentation_resumes_exactly(data_dir):  # noqa: F811
-    config = _photo_config(data_dir, auto_augment="ta_wide", random_erase=0.25)
+def test_pipeline_with_augmentation_resumes_exactly(pipeline_data_dir):
+    config = _photo_config(pipeline_data_dir, auto_augment="ta_wide", random_erase=0.25)
     iterator = iter(input_pipeline.make_train_dataset(config, ProcessShard()))
     _ = [next(iterator) for _ in range(2)]
     state = iterator.get_state()
     expected = [next(iterator) for _ in range(3)]  # 1 batch per epoch: crosses epochs
     restored = iter(input_pipeline.make_train_dataset(config, ProcessShard()))
     restored.set_state(state)
-    _assert_same_batches([next(restored) for _ in range(3)], expected)
+    assert_same_batches([next(restored) for _ in range(3)], expected)
 
 
-def test_pipeline_workers_and_one_channel(data_dir):  # noqa: F811
-    config = _config(
-        data_dir, channels=1, auto_augment="ra", random_erase=0.5, mean=(0.2860 * 255,)
+def test_pipeline_workers_and_one_channel(pipeline_data_dir):
+    config = pipeline_config(
+        pipeline_data_dir, channels=1, auto_augment="ra", random_erase=0.5, mean=(0.2860 * 255,)
     )
-    single = _take(input_pipeline.make_train_dataset(config, ProcessShard()), 2)
+    single = take(input_pipeline.make_train_dataset(config, ProcessShard()), 2)
     assert single[0]["image"].shape == (10, 24, 24, 1)
     config.input.num_workers = 2  # the augmentation pickles into grain's worker processes
     iterator = iter(input_pipeline.make_train_dataset(config, ProcessShard()))
     multi = [next(iterator) for _ in range(2)]
     iterator.close()
-    _assert_same_batches(single, multi)
+    assert_same_batches(single, multi)
 
 
 def test_pipeline_config_errors(tmp_path):
-    config = _config(tmp_path, auto_augment="autoaugment")
+    config = pipeline_config(tmp_path, auto_augment="autoaugment")
     with pytest.raises(ValueError, match=r"input\.auto_augment must be None or one of"):
         input_pipeline.make_train_dataset(config, ProcessShard())
-    config = _config(tmp_path, random_erase=0.25)  # no input.mean in the bare pipeline config
+    config = pipeline_config(
+        tmp_path, random_erase=0.25
+    )  # no input.mean in the bare pipeline config
     with pytest.raises(ValueError, match=r"input\.random_erase needs input\.mean"):
         input_pipeline.make_train_dataset(config, ProcessShard())
     assert input_pipeline.default_config().input.auto_augment is None  # off by default

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO
-from tests.test_train import data_dir  # noqa: F401  (the tiny dataset fixture)
 
 WORKER = REPO / "tests" / "distributed_worker.py"
 
@@ -54,22 +53,22 @@ def _flatten(replica: dict) -> np.ndarray:
     return np.concatenate([np.ravel(replica[name]) for name in sorted(replica)])
 
 
-def test_two_processes_agree_and_match_one_process(tmp_path, data_dir):  # noqa: F811
-    two = _launch("steps", 2, tmp_path / "two", data_dir)
+def test_two_processes_agree_and_match_one_process(tmp_path, fake_fashion_mnist):
+    two = _launch("steps", 2, tmp_path / "two", fake_fashion_mnist)
     assert [r["devices"] for r in two] == [4, 4]
     replicas = [_flatten(rep) for r in two for rep in r["replicas"].values()]
     assert len(replicas) == 4  # 2 devices in each of 2 processes, all holding the params
     for replica in replicas[1:]:
         np.testing.assert_array_equal(replica, replicas[0])
-    (one,) = _launch("steps", 1, tmp_path / "one", data_dir)  # 2 devices, whole batch
+    (one,) = _launch("steps", 1, tmp_path / "one", fake_fashion_mnist)  # 2 devices, whole batch
     single = _flatten(next(iter(one["replicas"].values())))
     # Same global batches, summed in another order: equal up to float rounding.
     np.testing.assert_allclose(replicas[0], single, rtol=1e-4, atol=1e-5)
     assert not np.allclose(single, 0)
 
 
-def test_full_trainer_runs_across_two_processes(tmp_path, data_dir):  # noqa: F811
-    results = _launch("full", 2, tmp_path, data_dir)
+def test_full_trainer_runs_across_two_processes(tmp_path, fake_fashion_mnist):
+    results = _launch("full", 2, tmp_path, fake_fashion_mnist)
     assert [r["process"] for r in results] == [0, 1]
     assert all(r["val_n"] == 21 for r in results)
     assert results[0]["val_top1"] == pytest.approx(results[1]["val_top1"])

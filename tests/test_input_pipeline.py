@@ -2,135 +2,68 @@
 
 from __future__ import annotations
 
-import io
-import itertools
 import os
-import pathlib
 
 import grain
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
-from PIL import Image
 
 from imagenot_jax.data import augment, input_pipeline
 from imagenot_jax.data.input_pipeline import ProcessShard
-from tfds_imagenot.fashion_mnist_local import Builder as FashionBuilder
-from tfds_imagenot.fashion_mnist_local.testing import write_fake_fashion_mnist
-from tfds_imagenot.imagenot import Builder as ImageNotBuilder
-from tfds_imagenot.imagenot.testing import ClassRow, ManifestRow, write_manual_dir
-
-N_TRAIN, N_TEST = 60, 25
-PHOTO_SIZES = [(400, 300), (300, 500), (256, 256), (640, 200), (180, 240), (333, 257)]
-
-
-def _build(builder_cls, config: str, data_dir: pathlib.Path, manual_dir: pathlib.Path) -> None:
-    builder = builder_cls(config=config, data_dir=str(data_dir))
-    builder.download_and_prepare(
-        file_format="array_record",
-        download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)),
-    )
-
-
-def _photo_jpeg(width: int, height: int, seed: int) -> bytes:
-    import skimage.data
-
-    rng = np.random.default_rng(seed)
-    photo = Image.fromarray(skimage.data.astronaut() if seed % 2 else skimage.data.coffee())
-    left, top = int(rng.integers(0, 50)), int(rng.integers(0, 50))
-    image = photo.crop((left, top, left + 300, top + 300)).resize((width, height))
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
-
-
-@pytest.fixture(scope="session")
-def data_dir(tmp_path_factory) -> pathlib.Path:
-    """fashion_mnist_local/all (60 train, 25 test) and imagenot/full (photos, 4 train, 2 test)."""
-    root = tmp_path_factory.mktemp("tfds")
-    fashion = root / "fashion_manual"
-    write_fake_fashion_mnist(fashion, {"train": N_TRAIN, "test": N_TEST})
-    _build(FashionBuilder, "all", root, fashion)
-
-    classes = [ClassRow(0, "n00000001", "a", "first"), ClassRow(1, "n00000002", "b", "second")]
-    rows, images = [], {}
-    for i, (w, h) in enumerate(PHOTO_SIZES):
-        split = "train" if i < 4 else "test"
-        rows.append(ManifestRow(f"k{i}", classes[i % 2].wnid, i % 2, split))
-        images[f"k{i}"] = _photo_jpeg(w, h, seed=i)
-    _build(
-        ImageNotBuilder,
-        "full",
-        root,
-        write_manual_dir(root / "imagenot_manual", classes, rows, images),
-    )
-    return root
-
-
-def _config(data_dir, name="fashion_mnist_local/all", **input_overrides):
-    config = input_pipeline.default_config()
-    config.data.name = name
-    config.data.data_dir = str(data_dir)
-    config.data.eval_split = "test"
-    config.input.update(
-        dict(global_batch_size=10, eval_batch_size=8, image_size=24, eval_resize=28, eval_crop=24)
-    )
-    config.input.num_workers = 0  # in-process unless a test asks for workers (default: auto)
-    config.input.update(input_overrides)
-    return config
-
-
-def _take(dataset, n):
-    return list(itertools.islice(iter(dataset), n))
-
-
-def _assert_same_batches(a, b):
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        assert x.keys() == y.keys()
-        for key in x:
-            np.testing.assert_array_equal(x[key], y[key])
-
+from tests.helpers import PIPELINE_TEST, PIPELINE_TRAIN, assert_same_batches, pipeline_config, take
 
 # --- determinism and epochs ------------------------------------------------------------------
 
 
-def test_same_seed_same_batches_different_seed_differs(data_dir):
-    a = _take(input_pipeline.make_train_dataset(_config(data_dir), ProcessShard()), 4)
-    b = _take(input_pipeline.make_train_dataset(_config(data_dir), ProcessShard()), 4)
-    _assert_same_batches(a, b)
-    c = _take(input_pipeline.make_train_dataset(_config(data_dir, seed=1), ProcessShard()), 4)
+def test_same_seed_same_batches_different_seed_differs(pipeline_data_dir):
+    a = take(
+        input_pipeline.make_train_dataset(pipeline_config(pipeline_data_dir), ProcessShard()), 4
+    )
+    b = take(
+        input_pipeline.make_train_dataset(pipeline_config(pipeline_data_dir), ProcessShard()), 4
+    )
+    assert_same_batches(a, b)
+    c = take(
+        input_pipeline.make_train_dataset(
+            pipeline_config(pipeline_data_dir, seed=1), ProcessShard()
+        ),
+        4,
+    )
     assert not all(np.array_equal(x["index"], y["index"]) for x, y in zip(a, c, strict=True))
     assert not all(np.array_equal(x["image"], y["image"]) for x, y in zip(a, c, strict=True))
 
 
-def test_each_epoch_is_a_new_permutation_of_the_split(data_dir):
-    batches = _take(input_pipeline.make_train_dataset(_config(data_dir), ProcessShard()), 12)
+def test_each_epoch_is_a_new_permutation_of_the_split(pipeline_data_dir):
+    batches = take(
+        input_pipeline.make_train_dataset(pipeline_config(pipeline_data_dir), ProcessShard()), 12
+    )
     order = np.concatenate([b["index"] for b in batches])
-    first, second = order[:N_TRAIN], order[N_TRAIN:]
-    assert sorted(first) == list(range(N_TRAIN)) == sorted(second)
+    first, second = order[:PIPELINE_TRAIN], order[PIPELINE_TRAIN:]
+    assert sorted(first) == list(range(PIPELINE_TRAIN)) == sorted(second)
     assert not np.array_equal(first, second)
-    assert not np.array_equal(first, np.arange(N_TRAIN))
+    assert not np.array_equal(first, np.arange(PIPELINE_TRAIN))
 
 
 # --- multi-process sharding ------------------------------------------------------------------
 
 
-def test_train_shards_of_two_processes_are_disjoint_and_cover_each_epoch(data_dir):
-    config = _config(data_dir, global_batch_size=10)  # 5 per process
+def test_train_shards_of_two_processes_are_disjoint_and_cover_each_epoch(pipeline_data_dir):
+    config = pipeline_config(pipeline_data_dir, global_batch_size=10)  # 5 per process
     per_process = [
         np.concatenate(
-            [b["index"] for b in _take(input_pipeline.make_train_dataset(config, shard), 6)]
+            [b["index"] for b in take(input_pipeline.make_train_dataset(config, shard), 6)]
         )
         for shard in (ProcessShard(0, 2), ProcessShard(1, 2))
     ]
-    assert all(len(indices) == N_TRAIN // 2 for indices in per_process)
+    assert all(len(indices) == PIPELINE_TRAIN // 2 for indices in per_process)
     assert not set(per_process[0]) & set(per_process[1])
-    assert set(per_process[0]) | set(per_process[1]) == set(range(N_TRAIN))
+    assert set(per_process[0]) | set(per_process[1]) == set(range(PIPELINE_TRAIN))
 
 
-def test_eval_covers_every_example_once_across_processes(data_dir):
-    config = _config(data_dir, eval_batch_size=8)  # 4 per process; 25 examples -> padding
+def test_eval_covers_every_example_once_across_processes(pipeline_data_dir):
+    config = pipeline_config(
+        pipeline_data_dir, eval_batch_size=8
+    )  # 4 per process; 25 examples -> padding
     keys, batch_counts = [], []
     for shard in (ProcessShard(0, 2), ProcessShard(1, 2)):
         batches = list(input_pipeline.make_eval_dataset(config, shard=shard))
@@ -140,8 +73,8 @@ def test_eval_covers_every_example_once_across_processes(data_dir):
             keys.extend(batch["key"][batch["mask"]].tolist())
             assert (batch["index"][~batch["mask"]] == -1).all()
     assert batch_counts[0] == batch_counts[1] == 4  # ceil(ceil(25 / 2) / 4)
-    expected = {f"test_{i:05d}".encode() for i in range(N_TEST)}
-    assert len(keys) == N_TEST and set(keys) == expected
+    expected = {f"test_{i:05d}".encode() for i in range(PIPELINE_TEST)}
+    assert len(keys) == PIPELINE_TEST and set(keys) == expected
 
 
 def test_eval_indices_pad_to_a_common_batch_count():
@@ -154,17 +87,17 @@ def test_eval_indices_pad_to_a_common_batch_count():
         assert sorted(real) == list(range(n))
 
 
-def test_global_batch_must_divide_over_processes(data_dir):
+def test_global_batch_must_divide_over_processes(pipeline_data_dir):
     with pytest.raises(ValueError, match="global_batch_size=10 is not divisible by the 3"):
-        input_pipeline.make_train_dataset(_config(data_dir), ProcessShard(0, 3))
+        input_pipeline.make_train_dataset(pipeline_config(pipeline_data_dir), ProcessShard(0, 3))
 
 
 # --- resumption --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_restored_iterator_yields_the_same_following_batches(data_dir, num_workers):
-    config = _config(data_dir, num_workers=num_workers)
+def test_restored_iterator_yields_the_same_following_batches(pipeline_data_dir, num_workers):
+    config = pipeline_config(pipeline_data_dir, num_workers=num_workers)
     iterator = iter(input_pipeline.make_train_dataset(config, ProcessShard()))
     _ = [next(iterator) for _ in range(3)]
     state = iterator.get_state()
@@ -173,44 +106,57 @@ def test_restored_iterator_yields_the_same_following_batches(data_dir, num_worke
 
     restored = iter(input_pipeline.make_train_dataset(config, ProcessShard()))
     restored.set_state(state)
-    _assert_same_batches([next(restored) for _ in range(8)], expected)
+    assert_same_batches([next(restored) for _ in range(8)], expected)
     restored.close()
 
 
-def test_workers_do_not_change_the_stream(data_dir):
-    single = _take(input_pipeline.make_train_dataset(_config(data_dir), ProcessShard()), 4)
+def test_workers_do_not_change_the_stream(pipeline_data_dir):
+    single = take(
+        input_pipeline.make_train_dataset(pipeline_config(pipeline_data_dir), ProcessShard()), 4
+    )
     iterator = iter(
-        input_pipeline.make_train_dataset(_config(data_dir, num_workers=2), ProcessShard())
+        input_pipeline.make_train_dataset(
+            pipeline_config(pipeline_data_dir, num_workers=2), ProcessShard()
+        )
     )
     multi = [next(iterator) for _ in range(4)]
     iterator.close()
-    _assert_same_batches(single, multi)
+    assert_same_batches(single, multi)
 
 
 # --- shapes, dtypes, values ------------------------------------------------------------------
 
 
-def test_grayscale_is_replicated_or_kept_as_configured(data_dir):
-    rgb = _take(input_pipeline.make_train_dataset(_config(data_dir), ProcessShard()), 1)[0]
+def test_grayscale_is_replicated_or_kept_as_configured(pipeline_data_dir):
+    rgb = take(
+        input_pipeline.make_train_dataset(pipeline_config(pipeline_data_dir), ProcessShard()), 1
+    )[0]
     assert rgb["image"].shape == (10, 24, 24, 3) and rgb["image"].dtype == np.uint8
     assert rgb["label"].dtype == np.int32 and set(rgb["label"]) <= set(range(10))
     np.testing.assert_array_equal(rgb["image"][..., 0], rgb["image"][..., 2])
-    gray = _take(
-        input_pipeline.make_train_dataset(_config(data_dir, channels=1), ProcessShard()), 1
+    gray = take(
+        input_pipeline.make_train_dataset(
+            pipeline_config(pipeline_data_dir, channels=1), ProcessShard()
+        ),
+        1,
     )[0]
     assert gray["image"][0].shape == (24, 24, 1)
     evaluated = next(
-        iter(input_pipeline.make_eval_dataset(_config(data_dir, channels=1), shard=ProcessShard()))
+        iter(
+            input_pipeline.make_eval_dataset(
+                pipeline_config(pipeline_data_dir, channels=1), shard=ProcessShard()
+            )
+        )
     )
     assert evaluated["image"].shape == (8, 24, 24, 1)
 
 
-def test_photo_train_and_eval_shapes_and_value_ranges(data_dir):
-    config = _config(
-        data_dir, name="imagenot/full", global_batch_size=4, eval_batch_size=2,
+def test_photo_train_and_eval_shapes_and_value_ranges(pipeline_data_dir):
+    config = pipeline_config(
+        pipeline_data_dir, name="imagenot/full", global_batch_size=4, eval_batch_size=2,
         image_size=64, eval_resize=73, eval_crop=64,
     )  # fmt: skip
-    train = _take(input_pipeline.make_train_dataset(config, ProcessShard()), 3)
+    train = take(input_pipeline.make_train_dataset(config, ProcessShard()), 3)
     for batch in train:
         assert batch["image"].shape == (4, 64, 64, 3) and batch["image"].dtype == np.uint8
         assert batch["image"].std() > 10  # real content, not padding
@@ -221,7 +167,7 @@ def test_photo_train_and_eval_shapes_and_value_ranges(data_dir):
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):
-    config = _config(tmp_path, name="fashion_mnist_local/first5")
+    config = pipeline_config(tmp_path, name="fashion_mnist_local/first5")
     with pytest.raises(input_pipeline.DatasetMissingError, match="not prepared in data_dir"):
         input_pipeline.make_train_dataset(config, ProcessShard())
 
@@ -245,9 +191,9 @@ def test_auto_workers_follow_the_cpu_affinity_and_explicit_counts_win():
         os.sched_setaffinity(0, allowed)
 
 
-def test_state_restores_into_any_number_of_workers(data_dir):
+def test_state_restores_into_any_number_of_workers(pipeline_data_dir):
     """The state is a batch index, so a run resumed on a host with other cores (auto) goes on."""
-    config = _config(data_dir, num_workers=2)
+    config = pipeline_config(pipeline_data_dir, num_workers=2)
     iterator = iter(input_pipeline.make_train_dataset(config, ProcessShard()))
     _ = [next(iterator) for _ in range(5)]
     state = iterator.get_state()
@@ -255,14 +201,14 @@ def test_state_restores_into_any_number_of_workers(data_dir):
     iterator.close()
     assert state == {"next_index": 5}
     for workers in (0, 1, -1):
-        config = _config(data_dir, num_workers=workers)
+        config = pipeline_config(pipeline_data_dir, num_workers=workers)
         restored = iter(input_pipeline.make_train_dataset(config, ProcessShard()))
         restored.set_state(state)
-        _assert_same_batches([next(restored) for _ in range(4)], expected)
+        assert_same_batches([next(restored) for _ in range(4)], expected)
         restored.close()
 
 
-def test_grain_multiprocess_states_of_earlier_checkpoints_still_restore(data_dir):
+def test_grain_multiprocess_states_of_earlier_checkpoints_still_restore(pipeline_data_dir):
     """Before, two workers saved grain's per-worker state: batches 0, 2 and 1 were consumed."""
     legacy = {
         "next_index_in_cycle": 1,
@@ -272,16 +218,16 @@ def test_grain_multiprocess_states_of_earlier_checkpoints_still_restore(data_dir
         "exhausted": [0, 0],
         "future_states": {},
     }
-    config = _config(data_dir)
-    expected = _take(input_pipeline.make_train_dataset(config, ProcessShard()), 5)[3:]
+    config = pipeline_config(pipeline_data_dir)
+    expected = take(input_pipeline.make_train_dataset(config, ProcessShard()), 5)[3:]
     restored = iter(input_pipeline.make_train_dataset(config, ProcessShard()))
     restored.set_state(legacy)
-    _assert_same_batches([next(restored) for _ in range(2)], expected)
+    assert_same_batches([next(restored) for _ in range(2)], expected)
 
 
 @pytest.mark.parametrize("name", ["fashion_mnist_local/all", "imagenot/full"])
-def test_batched_record_reads_match_tfds_deserialization(data_dir, name):
-    source = input_pipeline.open_source(name, "train", str(data_dir))
+def test_batched_record_reads_match_tfds_deserialization(pipeline_data_dir, name):
+    source = input_pipeline.open_source(name, "train", str(pipeline_data_dir))
     reader = input_pipeline.RecordReader(source)
     assert reader.fast  # the proto parse, not TFDS's per-feature numpy conversion
     indices = list(np.random.default_rng(0).permutation(len(source))[:7])
@@ -294,12 +240,14 @@ def test_batched_record_reads_match_tfds_deserialization(data_dir, name):
         assert record.key == expected["key"] and record.image[:2] in (b"\x89P", b"\xff\xd8")
 
 
-def test_batched_transform_replays_grain_per_element_random_map(data_dir):
+def test_batched_transform_replays_grain_per_element_random_map(pipeline_data_dir):
     """Reading and augmenting a batch at a time gives what grain's per-element map gives."""
-    config = _config(data_dir, name="imagenot/full", global_batch_size=4, image_size=40)
+    config = pipeline_config(
+        pipeline_data_dir, name="imagenot/full", global_batch_size=4, image_size=40
+    )
     config.input.update(auto_augment="ta_wide", random_erase=0.5, mean=(120.0, 110.0, 100.0))
     cfg = config.input
-    source = input_pipeline.open_source("imagenot/full", "train", str(data_dir))
+    source = input_pipeline.open_source("imagenot/full", "train", str(pipeline_data_dir))
     train_augment = augment.train_augment(cfg)
 
     def one(index, rng):
@@ -310,7 +258,7 @@ def test_batched_transform_replays_grain_per_element_random_map(data_dir):
         grain.MapDataset.range(len(source)).seed(cfg.seed).shuffle().repeat(None).random_map(one)
     )
     expected = [per_element[i] for i in range(12)]
-    batches = _take(input_pipeline.make_train_dataset(config, ProcessShard()), 3)
+    batches = take(input_pipeline.make_train_dataset(config, ProcessShard()), 3)
     got_images = np.concatenate([b["image"] for b in batches])
     np.testing.assert_array_equal(got_images, np.stack([e["image"] for e in expected]))
     np.testing.assert_array_equal(

@@ -20,6 +20,7 @@ import pytest
 from flax import nnx
 
 from imagenot_jax.models import get_model, list_models
+from tests.helpers import abstract_forward
 
 import model_parity
 
@@ -111,20 +112,13 @@ def test_train_and_eval_shapes_and_dtypes(name):
     case = _identity_case(name) if name not in OURS_ONLY else {"size": 28}
     if name == "inception_v3":
         case["size"] = 299  # its auxiliary head needs 299 px in train mode
-    graphdef, state = nnx.split(
-        model_parity.abstract_model(
-            name, num_classes=7, dtype=jnp.bfloat16, **case.get("our_kwargs", {})
-        )
+    model = model_parity.abstract_model(
+        name, num_classes=7, dtype=jnp.bfloat16, **case.get("our_kwargs", {})
     )
+    state = nnx.state(model)
     x = jax.ShapeDtypeStruct((2, case["size"], case["size"], 3), jnp.float32)
-
-    def forward(state, x, train):
-        model = nnx.merge(graphdef, state)
-        model.train() if train else model.eval()
-        return model(x), nnx.state(model)
-
     for train in (False, True):
-        out, new_state = jax.eval_shape(functools.partial(forward, train=train), state, x)
+        out, new_state = abstract_forward(model, x, train=train)
         # Models with an auxiliary head return (logits, aux_logits) in train mode.
         for logits in out if isinstance(out, tuple) else (out,):
             assert logits.shape == (2, 7)

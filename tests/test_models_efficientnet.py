@@ -18,6 +18,7 @@ from flax import nnx
 
 import imagenot_jax.models.efficientnet as effnet  # registers the family
 from imagenot_jax.models.registry import list_models
+from tests.helpers import abstract_forward
 
 import model_parity
 
@@ -144,15 +145,10 @@ def test_bf16_compute_keeps_fp32_params_and_stats():
     abstract = model_parity.abstract_model(
         "efficientnet_v2_s", num_classes=7, dtype=jnp.bfloat16, width_mult=0.25, depth_mult=0.25
     )
-    graphdef, state = nnx.split(abstract)
-
-    def forward(state, x):
-        model = nnx.merge(graphdef, state)
-        model.train()
-        return model(x), nnx.state(model)
-
-    x = jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
-    logits, new_state = jax.eval_shape(forward, state, x)
+    state = nnx.state(abstract)
+    logits, new_state = abstract_forward(
+        abstract, jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
+    )
     assert (logits.shape, logits.dtype) == ((2, 7), jnp.bfloat16)
     for kind in (nnx.Param, nnx.BatchStat):
         dtypes = {a.dtype for a in jax.tree.leaves(nnx.state(abstract, kind))}

@@ -21,6 +21,7 @@ from flax import nnx
 from imagenot_jax.models import inception
 from imagenot_jax.models.registry import list_models
 from imagenot_jax.models.torch_weights import load_torchvision
+from tests.helpers import abstract_forward
 
 import model_parity
 
@@ -42,15 +43,8 @@ def test_without_aux_logits():
     model = model_parity.abstract_model("inception_v3", aux_logits=False)
     assert model.AuxLogits is None
     assert model_parity.num_params(model) == TORCHVISION_PARAMS_NO_AUX
-    graphdef, state = nnx.split(model)
-
-    def forward(state, x):
-        model = nnx.merge(graphdef, state)
-        model.train()
-        return model(x)
-
     x = jax.ShapeDtypeStruct((2, 75, 75, 3), jnp.float32)  # smallest size: no aux head to fit
-    logits = jax.eval_shape(forward, state, x)
+    logits, _ = abstract_forward(model, x)
     assert isinstance(logits, jax.ShapeDtypeStruct) and logits.shape == (2, 1000)
 
 
@@ -63,15 +57,9 @@ def test_bf16_train_outputs_and_fp32_state():
     assert conv.kernel.shape == (1, 7, 128, 128) and conv.padding == ((0, 0), (3, 3))
     with pytest.raises(ValueError, match="train"):  # the mode must be set first
         model(np.zeros((1, 75, 75, 3), np.float32))
-    graphdef, state = nnx.split(model)
-
-    def forward(state, x):
-        model = nnx.merge(graphdef, state)
-        model.train()
-        return model(x), nnx.state(model)
-
+    state = nnx.state(model)
     x = jax.ShapeDtypeStruct((2, 299, 299, 3), jnp.float32)
-    (logits, aux), new_state = jax.eval_shape(forward, state, x)
+    (logits, aux), new_state = abstract_forward(model, x)
     assert logits.shape == aux.shape == (2, 7)
     assert logits.dtype == aux.dtype == jnp.bfloat16
     shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)  # noqa: E731
@@ -79,7 +67,7 @@ def test_bf16_train_outputs_and_fp32_state():
     float_dtypes = {a.dtype for a in jax.tree.leaves(nnx.state(model, nnx.Param, nnx.BatchStat))}
     assert float_dtypes == {np.dtype(np.float32)}
     with pytest.raises(ValueError, match="299"):
-        jax.eval_shape(forward, state, jax.ShapeDtypeStruct((2, 298, 298, 3), jnp.float32))
+        abstract_forward(model, jax.ShapeDtypeStruct((2, 298, 298, 3), jnp.float32))
 
 
 def test_init_matches_torchvision_scheme():

@@ -15,6 +15,7 @@ from flax import nnx
 
 from configs import demo
 from imagenot_jax import suite
+from imagenot_jax.data import datasets
 from imagenot_jax.data.datasets import prepare_dataset
 from imagenot_jax.train import trainer
 from tests.conftest import REPO
@@ -38,9 +39,11 @@ def halves_data_dir(tmp_path_factory):
     return root
 
 
-def _size(name: str, split: str, data_dir) -> int:
+def _size(dataset: str, split: str, data_dir) -> int:
+    """Examples in a split of the registered dataset `dataset`."""
     import tensorflow_datasets as tfds
 
+    name = datasets.get(dataset).tfds_name
     return tfds.builder(name, data_dir=str(data_dir)).info.splits[split].num_examples
 
 
@@ -79,7 +82,12 @@ def test_suite_trains_evaluates_ranks_and_resumes(tmp_path, halves_data_dir, cap
             assert json.loads(pathlib.Path(done["eval"]).read_text())["n"] == n_test
     report = tmp_path / "report"
     assert (report / "ranking.json").exists() and (report / "report.html").exists()
-    assert summary is not None
+    assert summary == json.loads((report / "ranking.json").read_text())  # returned = written
+    assert sorted(m["name"] for m in summary["models"]) == ["mid", "narrow", "wide"]
+    assert summary["base"] == "narrow" and summary["labels"] == {"a": "first5", "b": "last5"}
+    for m in summary["models"]:
+        assert m["a"]["n"] == _size(config.a.data, "test", halves_data_dir)
+    assert -1.0 <= summary["kendall_tau_b"]["value"] <= 1.0
     stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("*/*/checkpoints/*")}
     suite.run_suite(config, str(tmp_path), str(halves_data_dir))  # resumable: trains nothing
     assert "0 runs trained, 6 already done" in capsys.readouterr().out
@@ -104,7 +112,7 @@ def test_suite_config_models_build_at_their_sizes(path):
     assert len(config.runs) >= 5
     assert config.base in config.runs
     for name, run in config.runs.items():
-        run.data.name = config.a.data
+        run.data.name = datasets.get(config.a.data).tfds_name
         model = nnx.eval_shape(lambda run=run: trainer.build_model(run, 5))
         graphdef, state = nnx.split(model)
         size = run.input.image_size

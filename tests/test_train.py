@@ -7,82 +7,20 @@ Runs on 8 simulated CPU devices (tests/conftest.py). Subprocess tests use the re
 from __future__ import annotations
 
 import json
-import pathlib
 import signal
-import subprocess
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
-from configs import demo
 from imagenot_jax.evaluate import evaluation
 from imagenot_jax.train import sharding, steps, trainer
 from tests.conftest import FAKE_FASHION_TEST as N_TEST
 from tests.conftest import FAKE_FASHION_TRAIN as N_TRAIN
-from tests.conftest import REPO
-
-
-@pytest.fixture(scope="session")
-def data_dir(fake_fashion_mnist) -> pathlib.Path:
-    return fake_fashion_mnist
-
-
-# Small enough to compile and run in seconds on 2 cores.
-TINY = {
-    "input.global_batch_size": 16,
-    "input.eval_batch_size": 8,
-    "input.num_workers": 0,
-    "model.kwargs.widths": (4, 8, 8),
-    "schedule.epochs": 2,
-    "checkpoint.every_steps": 3,
-    "logging.every_steps": 2,
-}
-
-
-def tiny_config(data_dir: pathlib.Path, **overrides):
-    config = demo.get_config()
-    config.data.data_dir = str(data_dir)
-    for dotted, value in {**TINY, **overrides}.items():
-        *parents, leaf = dotted.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
-    return config
-
-
-def cli_overrides(data_dir: pathlib.Path, **overrides) -> list[str]:
-    values = {"data.data_dir": str(data_dir), **TINY, **overrides}
-    return [f"--config.{k}={v}" for k, v in values.items()]
-
-
-def run_main(workdir, data_dir, *extra, wait=True, **overrides):
-    command = [
-        sys.executable, "-m", "imagenot_jax.main", "--config", "configs/demo.py",
-        f"--workdir={workdir}", *cli_overrides(data_dir, **overrides), *extra,
-    ]  # fmt: skip
-    kwargs = dict(cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    if not wait:
-        return subprocess.Popen(command, **kwargs)
-    return subprocess.run(command, timeout=600, check=False, **kwargs)
-
-
-def saved_state(workdir: pathlib.Path, step: int) -> dict:
-    return ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
-
-
-def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
-    directory = workdir / "checkpoints"
-    if not directory.is_dir():
-        return []
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
-
+from tests.helpers import checkpoint_steps, run_main, saved_state, tiny_config
 
 # --- in-process: sharded training and evaluation ---------------------------------------------
 
@@ -104,9 +42,9 @@ def checkpoint_steps(workdir: pathlib.Path) -> list[int]:
     ],
     ids=["global_bn", "per_device_bn", "fsdp", "ema_mixing_smoothing_clip"],
 )
-def test_train_and_evaluate_on_8_devices(tmp_path, data_dir, mesh_overrides):
+def test_train_and_evaluate_on_8_devices(tmp_path, fake_fashion_mnist, mesh_overrides):
     assert jax.device_count() == 8
-    config = tiny_config(data_dir, **mesh_overrides)
+    config = tiny_config(fake_fashion_mnist, **mesh_overrides)
     result = trainer.train_and_evaluate(config, str(tmp_path))
     steps = 2 * (N_TRAIN // 16)
     assert result["val_n"] == N_TEST and 0.0 <= result["val_top1"] <= 1.0
@@ -123,8 +61,8 @@ def test_train_and_evaluate_on_8_devices(tmp_path, data_dir, mesh_overrides):
         assert any(sharding.DATA_AXIS in spec for spec in specs)  # some arrays really split
 
 
-def test_evaluate_counts_every_example_once_and_writes_json(tmp_path, data_dir):
-    config = tiny_config(data_dir, **{"schedule.num_steps": 3})
+def test_evaluate_counts_every_example_once_and_writes_json(tmp_path, fake_fashion_mnist):
+    config = tiny_config(fake_fashion_mnist, **{"schedule.num_steps": 3})
     trainer.train_and_evaluate(config, str(tmp_path))
     result, path = evaluation.evaluate_checkpoint(str(tmp_path), batch_size=8)  # 21 % 8 != 0
     assert path == tmp_path / "eval" / "fashion_mnist_local_all-test-3.json"
@@ -140,11 +78,13 @@ def test_evaluate_counts_every_example_once_and_writes_json(tmp_path, data_dir):
     assert examples["correct"].mean() == pytest.approx(written["top1"])
 
 
-def test_accuracy_logged_at_the_last_step_equals_evaluate_on_its_checkpoint(tmp_path, data_dir):
+def test_accuracy_logged_at_the_last_step_equals_evaluate_on_its_checkpoint(
+    tmp_path, fake_fashion_mnist
+):
     """Training-time validation and `evaluate` share one eval pipeline and step: the same
     checkpoint and split give the same numbers (EMA weights on both sides)."""
     overrides = {"schedule.num_steps": 3, "optim.ema_decay": 0.9, "optim.ema_steps": 1}
-    trainer.train_and_evaluate(tiny_config(data_dir, **overrides), str(tmp_path))
+    trainer.train_and_evaluate(tiny_config(fake_fashion_mnist, **overrides), str(tmp_path))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in records if "val_top1" in r][-1]
     assert logged["step"] == 3
@@ -165,13 +105,13 @@ def test_clopper_pearson_matches_known_values():
 # --- subprocess: the entry point, resume, preemption ----------------------------------------
 
 
-def test_sigkill_then_resume_gives_bitwise_identical_parameters(tmp_path, data_dir):
+def test_sigkill_then_resume_gives_bitwise_identical_parameters(tmp_path, fake_fashion_mnist):
     steps = {"schedule.num_steps": 30, "checkpoint.every_steps": 2}
-    straight = run_main(tmp_path / "straight", data_dir, **steps)
+    straight = run_main(tmp_path / "straight", fake_fashion_mnist, **steps)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     interrupted = tmp_path / "interrupted"
-    process = run_main(interrupted, data_dir, wait=False, **steps)
+    process = run_main(interrupted, fake_fashion_mnist, wait=False, **steps)
     deadline = time.monotonic() + 300
     while not [s for s in checkpoint_steps(interrupted) if s >= 6] and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -179,7 +119,7 @@ def test_sigkill_then_resume_gives_bitwise_identical_parameters(tmp_path, data_d
     process.wait()
     killed_at = max(checkpoint_steps(interrupted))
     assert 6 <= killed_at < 30, "the run finished before it could be killed"
-    resumed = run_main(interrupted, data_dir, **steps)
+    resumed = run_main(interrupted, fake_fashion_mnist, **steps)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from step {killed_at}" in resumed.stderr
 
@@ -189,10 +129,10 @@ def test_sigkill_then_resume_gives_bitwise_identical_parameters(tmp_path, data_d
         np.testing.assert_array_equal(x, y)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path, data_dir):
+def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path, fake_fashion_mnist):
     process = run_main(
         tmp_path,
-        data_dir,
+        fake_fashion_mnist,
         wait=False,
         **{"schedule.num_steps": 10_000, "checkpoint.every_steps": 10_000},
     )
@@ -209,28 +149,34 @@ def test_sigterm_saves_a_checkpoint_and_exits_0(tmp_path, data_dir):
     assert f"preempted: checkpoint saved at step {saved[-1]}" in stderr
 
 
-def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(tmp_path, data_dir):
-    good = run_main(tmp_path, data_dir, **{"schedule.num_steps": 3})
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_checkpoint(
+    tmp_path, fake_fashion_mnist
+):
+    good = run_main(tmp_path, fake_fashion_mnist, **{"schedule.num_steps": 3})
     assert good.returncode == 0, good.stderr[-3000:]
     # Resume with std 0: the normalised images, hence the loss, become NaN at once.
-    bad = run_main(tmp_path, data_dir, **{"schedule.num_steps": 9, "input.std": (0.0, 0.0, 0.0)})
+    bad = run_main(
+        tmp_path, fake_fashion_mnist, **{"schedule.num_steps": 9, "input.std": (0.0, 0.0, 0.0)}
+    )
     assert bad.returncode != 0
     assert "loss is nan at step 4" in bad.stderr
     assert "Last good checkpoint: step 3" in bad.stderr
     assert checkpoint_steps(tmp_path) == [3]
 
 
-def test_cli_overrides_apply_and_misspelled_keys_fail_clearly(tmp_path, data_dir):
-    ok = run_main(tmp_path / "ok", data_dir, "--config.optim.lr=0.05", **{"schedule.num_steps": 2})
+def test_cli_overrides_apply_and_misspelled_keys_fail_clearly(tmp_path, fake_fashion_mnist):
+    ok = run_main(
+        tmp_path / "ok", fake_fashion_mnist, "--config.optim.lr=0.05", **{"schedule.num_steps": 2}
+    )
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert json.loads((tmp_path / "ok" / "config.json").read_text())["optim"]["lr"] == 0.05
-    bad = run_main(tmp_path / "bad", data_dir, "--config.optim.lrr=0.05")
+    bad = run_main(tmp_path / "bad", fake_fashion_mnist, "--config.optim.lrr=0.05")
     assert bad.returncode != 0
     assert "lrr" in bad.stderr and not (tmp_path / "bad").exists()
 
 
-def test_user_errors_exit_2_with_one_line(tmp_path, data_dir):
-    result = run_main(tmp_path, data_dir, **{"input.global_batch_size": 12})  # 8 devices
+def test_user_errors_exit_2_with_one_line(tmp_path, fake_fashion_mnist):
+    result = run_main(tmp_path, fake_fashion_mnist, **{"input.global_batch_size": 12})  # 8 devices
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
         "error: input.global_batch_size=12 is not divisible by the 8 devices of the mesh"

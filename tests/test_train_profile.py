@@ -9,16 +9,13 @@ import pytest
 
 from imagenot_jax.train import trainer
 from imagenot_jax.train.run_control import Profiler
-from tests.test_train import run_main, tiny_config
+from tests.helpers import run_main, tiny_config
 
 
-@pytest.fixture(scope="session")
-def data_dir(fake_fashion_mnist) -> pathlib.Path:
-    return fake_fashion_mnist
-
-
-def test_profile_steps_write_a_trace_of_the_window(tmp_path, data_dir):
-    config = tiny_config(data_dir, **{"schedule.num_steps": 4, "logging.profile_steps": (2, 3)})
+def test_profile_steps_write_a_trace_of_the_window(tmp_path, fake_fashion_mnist):
+    config = tiny_config(
+        fake_fashion_mnist, **{"schedule.num_steps": 4, "logging.profile_steps": (2, 3)}
+    )
     trainer.train_and_evaluate(config, str(tmp_path))
     traces = list((tmp_path / "profile").rglob("*.xplane.pb"))
     assert len(traces) == 1, list((tmp_path / "profile").rglob("*"))
@@ -37,14 +34,14 @@ def _cache_entries(cache: pathlib.Path) -> set[str]:
     return {p.name for p in cache.rglob("*") if p.is_file()}
 
 
-def test_a_resumed_cli_run_adds_no_compilation_cache_entries(tmp_path, data_dir):
+def test_a_resumed_cli_run_adds_no_compilation_cache_entries(tmp_path, fake_fashion_mnist):
     cache = tmp_path / "jax_cache"
     flag = f"--compilation_cache={cache}"
-    first = run_main(tmp_path / "run", data_dir, flag, **{"schedule.num_steps": 2})
+    first = run_main(tmp_path / "run", fake_fashion_mnist, flag, **{"schedule.num_steps": 2})
     assert first.returncode == 0, first.stderr[-3000:]
     entries = _cache_entries(cache)
     assert any("step" in name for name in entries), sorted(entries)  # the train step is cached
-    resumed = run_main(tmp_path / "run", data_dir, flag, **{"schedule.num_steps": 4})
+    resumed = run_main(tmp_path / "run", fake_fashion_mnist, flag, **{"schedule.num_steps": 4})
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming from step 2" in resumed.stderr
     assert _cache_entries(cache) - entries == set()

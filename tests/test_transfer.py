@@ -19,7 +19,7 @@ from imagenot_jax.evaluate import evaluation
 from imagenot_jax.models import convert
 from imagenot_jax.train import sharding, trainer
 from tests.conftest import REPO
-from tests.test_train import saved_state, tiny_config
+from tests.helpers import saved_state, tiny_config
 
 PRETRAIN_STEPS = 3
 HEAD = {("fc", "kernel"), ("fc", "bias")}
