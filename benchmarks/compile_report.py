@@ -111,7 +111,14 @@ def row(cell: dict) -> str:
     )
 
 
-def markdown(results: dict, models: tuple[str, ...], targets: tuple[str, ...]) -> str:
+def markdown(
+    results: dict,
+    models: tuple[str, ...],
+    targets: tuple[str, ...],
+    expected: list[str] | None = None,
+) -> str:
+    """The report table of the cached cells; `expected` (cell keys) adds a line naming the cells
+    not computed yet, so a partial table says so itself."""
     header = (
         "| model | target | variant | batch/step (devices x micro x accum, BN group) "
         "| GiB/device (of) | fits "
@@ -134,6 +141,13 @@ def markdown(results: dict, models: tuple[str, ...], targets: tuple[str, ...]) -
         "Targets: " + "; ".join(f"{t.name} = {t.description}" for t in TARGETS.values()) + ". "
         "Versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + "."
     )
+    missing = [key for key in expected or [] if key not in results["cells"]]
+    if missing:
+        notes += (
+            f"\n\n**Not computed yet:** {len(missing)} of {len(expected)} cells: "
+            + ", ".join(f"`{key}`" for key in missing)
+            + " (`make bench-compile` computes only the missing cells)."
+        )
     return "\n".join([header, *rows, "", notes])
 
 

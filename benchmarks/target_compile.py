@@ -302,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
         result = _run_in_subprocess(cell, args.timeout)
         save_cell(path, result)
         print("   ", compile_report.one_line(result), flush=True)
-    table = compile_report.markdown(load_results(path), models, targets)
+    expected = [cell.key for cell in all_cells(models, targets)]
+    table = compile_report.markdown(load_results(path), models, targets, expected)
     print(table)
     if args.write:
         compile_report.write_section(ROOT / "BENCHMARKS.md", table)

@@ -139,3 +139,17 @@ def test_report_cache_keeps_the_cells_of_drivers_running_at_once(tmp_path):
     cells = json.loads(path.read_text())["cells"]
     assert len(cells) == 50
     assert {"a0/h100/ref", "b24/h100/ref"} <= set(cells)
+
+
+def test_report_names_the_cells_not_computed_yet():
+    """A partial table says which cells it lacks (the rows alone would not show a gap)."""
+    from benchmarks import compile_report, target_compile
+
+    results = json.loads(target_compile.RESULTS.read_text())
+    keys = [cell.key for cell in target_compile.all_cells(("resnet50",), ("h100", "v5e-8"))]
+    assert len(keys) == 3 and set(keys) <= set(results["cells"])
+    complete = compile_report.markdown(results, ("resnet50",), ("h100", "v5e-8"), keys)
+    assert "Not computed yet" not in complete and complete.count("| resnet50 |") == 3
+    partial = {**results, "cells": {k: v for k, v in results["cells"].items() if k != keys[-1]}}
+    table = compile_report.markdown(partial, ("resnet50",), ("h100", "v5e-8"), keys)
+    assert f"**Not computed yet:** 1 of 3 cells: `{keys[-1]}`" in table
