@@ -59,6 +59,9 @@ def recipe_config(model: str, arg: str | None) -> tuple[ml_collections.ConfigDic
     args = parse_arg(arg)
     config = defaults.base_config()
     defaults.set_dataset(config, args.dataset)
+    # torchvision's recipes normalise with ImageNet's statistics whatever the data (smoke runs
+    # on Fashion-MNIST included), so the study compares architectures on equal inputs.
+    config.input.mean, config.input.std = datasets.IMAGENET_MEAN, datasets.IMAGENET_STD
     config.model.name = model
     config.model.dtype = "bfloat16"  # torchvision's --amp; params and norm stats stay fp32
     return config, args

@@ -122,7 +122,7 @@ def photo_jpeg(width: int, height: int, seed: int) -> bytes:
 
 
 def pipeline_config(data_dir, name="fashion_mnist_local/all", **input_overrides):
-    config = input_pipeline.defaultpipeline_config()
+    config = input_pipeline.default_config()
     config.data.name = name
     config.data.data_dir = str(data_dir)
     config.data.eval_split = "test"

@@ -122,9 +122,13 @@ def throwaway(tmp_path, monkeypatch):
 
 def test_a_registered_dataset_trains_with_a_recipe_and_evaluates(throwaway, tmp_path):
     spec, data_dir = throwaway
+    assert datasets.get("throwaway") is spec and "throwaway" in datasets.list_datasets(
+        trainable=True
+    )
     config = load_config("configs/resnet50.py", "dataset=throwaway,smoke")
     assert (config.data.name, config.data.train_split) == ("throwaway_blobs", "train")
-    assert config.data.eval_split == "holdout[:64]" and tuple(config.input.mean) == spec.mean
+    assert config.data.eval_split == "holdout[:64]"
+    assert tuple(config.input.mean) == datasets.IMAGENET_MEAN  # the recipes' normalisation
     config.data.data_dir = str(data_dir)
     config.model.num_classes = None  # from the dataset
     workdir = tmp_path / "run"
@@ -139,7 +143,7 @@ def test_a_registered_dataset_trains_with_a_recipe_and_evaluates(throwaway, tmp_
     # Transfer takes it by name too, keeping the pretrained run's normalisation.
     transfer = load_config("configs/transfer.py", f"init={workdir},dataset=throwaway,smoke")
     assert transfer.data.name == "throwaway_blobs" and transfer.data.train_split == "train"
-    assert tuple(transfer.input.mean) == spec.mean
+    assert tuple(transfer.input.mean) == datasets.IMAGENET_MEAN
 
 
 def test_set_dataset_points_a_config_at_the_registry_entry():

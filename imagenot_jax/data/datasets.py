@@ -15,7 +15,7 @@ import dataclasses
 import importlib
 import time
 
-from imagenot_jax.errors import UserError
+from imagenot_jax.errors import MissingInputError, UserError
 
 # torchvision's ImageNet normalisation, in the pipeline's 0..255 pixel units.
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
@@ -115,10 +115,13 @@ def prepare_dataset(tfds_name: str, data_dir: str, manual_dir: str | None = None
     import_builder(tfds_name)
     builder = tfds.builder(tfds_name, data_dir=data_dir)
     start = time.perf_counter()
-    builder.download_and_prepare(
-        file_format="array_record",
-        download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
-    )
+    try:
+        builder.download_and_prepare(
+            file_format="array_record",
+            download_config=tfds.download.DownloadConfig(manual_dir=manual_dir),
+        )
+    except FileNotFoundError as e:  # the builder's one-line message names the missing sources
+        raise MissingInputError(str(e)) from e
     sizes = {split: info.num_examples for split, info in builder.info.splits.items()}
     print(
         f"dataset {tfds_name}: {sizes} in {builder.data_dir} ({time.perf_counter() - start:.1f} s)"
@@ -142,6 +145,7 @@ _FASHION = dict(
     std=(90.02,) * 3,
     channels=1,
     image_size=28,
+    key_feature="key",
     builder="tfds_imagenot.fashion_mnist_local",
     preparation="built on first use from Debian's dataset-fashion-mnist (`make demo` does it)",
 )
