@@ -21,6 +21,7 @@ import re
 import tarfile
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import ml_collections
 import numpy as np
@@ -29,11 +30,11 @@ import pyarrow.parquet as pq
 from absl import logging
 from PIL import Image
 
-from curation import cli, encoders, files, text_score
-
-# Public helpers of this stage (the diagnostics import them from here).
-from curation.encoders import ClipModel, encode_images, encode_texts
+from curation import cli, files, scoring
 from curation.errors import CurationError
+
+if TYPE_CHECKING:  # annotations only: torch loads with the model (`curation.encoders`)
+    from curation.encoders import ClipModel
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 INPUT_COLUMNS = {"key": "string", "wnid": "string", "lemma": "string"}
@@ -64,6 +65,10 @@ def defaults() -> ml_collections.ConfigDict:
 
 def load_clip(section: ml_collections.ConfigDict) -> ClipModel:
     """The open_clip model of a `clip_score`-like section (model, pretrained, device, dtype)."""
+    # Imported here, not at the top: torch and open_clip load only when a model is built, so
+    # configs (which import every stage's defaults) and the CPU stages stay light.
+    from curation import encoders
+
     device = encoders.resolve_device(section.device, "clip_score.device")
     dtype = encoders.resolve_dtype(section.dtype, device, "clip_score.dtype")
     fields = ("clip_score.model", "clip_score.pretrained")
@@ -154,7 +159,9 @@ class _Images:
                 decoded.append(key)
                 yield image
 
-        embedded = encode_images(clip, images(), self.batch_size)
+        from curation import encoders  # already imported by load_clip
+
+        embedded = encoders.encode_images(clip, images(), self.batch_size)
         counts["missing_images"] += sum(k not in self.index.members for k in unique)
         by_key = dict(zip(decoded, embedded, strict=True))
         missing = np.full(dim, np.nan, np.float32)
@@ -168,7 +175,7 @@ class _Embeddings:
 
     def __init__(self, section: ml_collections.ConfigDict, workdir: pathlib.Path):
         self.pattern = section.embeddings
-        names = text_score.placeholders(self.pattern, "clip_score.embeddings")
+        names = scoring.placeholders(self.pattern, "clip_score.embeddings")
         if not self.pattern or not names & {"source", "index"} or names - {"source", "index"}:
             raise CurationError(
                 f"clip_score.embeddings={self.pattern!r}: expected a path pattern with {{source}} "
@@ -193,7 +200,7 @@ class _Embeddings:
         for source in dict.fromkeys(sources.tolist()):
             at = np.flatnonzero(sources == source)
             out[at] = self._rows(self._file(source, path), rows[at], dim)
-        out = encoders.l2_normalize(out)  # NaN or all-zero stored rows -> NaN
+        out = scoring.l2_normalize(out)  # NaN or all-zero stored rows -> NaN
         counts["nan_embeddings"] += int(np.isnan(out).any(axis=1).sum())
         return out
 
@@ -253,8 +260,10 @@ class _Scorer:
     def _load(self) -> None:
         self._source = SOURCES[self.section.source](self.section, self.workdir)
         self._clip = load_clip(self.section)
+        from curation import encoders  # already imported by load_clip
+
         self._texts = encoders.EmbeddingCache(
-            lambda texts: encode_texts(self._clip, texts, self.section.batch_size)
+            lambda texts: encoders.encode_texts(self._clip, texts, self.section.batch_size)
         )
         self._dim = self._texts(["a"]).shape[1]  # The model's embedding size.
 
@@ -263,7 +272,7 @@ class _Scorer:
         if self._clip is None:
             self._load()
         table = pq.read_table(shard)
-        texts, index = text_score.class_texts(
+        texts, index = scoring.class_texts(
             table["wnid"].to_pylist(),
             table["lemma"].to_pylist(),
             self.classes,
@@ -271,11 +280,11 @@ class _Scorer:
             shard,
         )
         images = self._source(table, self._clip, self._dim, shard, self.counts)
-        scores = text_score.similarity(images, self._texts(texts)[index], normalize=False)
+        scores = scoring.similarity(images, self._texts(texts)[index], normalize=False)
         self.counts.update(rows=len(scores), nan_scores=int(np.isnan(scores).sum()))
         npy = embeddings_path(files.output_path(self.out_dir, shard))
         _save_npy_atomic(images.astype(np.float16), npy)
-        return text_score.with_column(table, "clip_score", scores)
+        return scoring.with_column(table, "clip_score", scores)
 
 
 def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
@@ -288,11 +297,11 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         raise CurationError(
             f"clip_score.source={section.source!r}; expected one of {', '.join(SOURCES)}"
         )
-    text_score.check_template(section.class_text, "clip_score.class_text")
-    shards = text_score.stage_inputs(workdir / "text_score", "text_score")
+    scoring.check_template(section.class_text, "clip_score.class_text")
+    shards = scoring.stage_inputs(workdir / "text_score", "text_score")
     out_dir = workdir / "clip_score"
     out_dir.mkdir(parents=True, exist_ok=True)
-    scorer = _Scorer(section, workdir, text_score.read_classes(workdir), out_dir)
+    scorer = _Scorer(section, workdir, scoring.read_classes(workdir), out_dir)
     processed = files.run_per_shard(shards, out_dir, scorer, desc="clip_score")
     summary = {
         "enabled": True,
@@ -303,9 +312,9 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         "shards": len(shards),
         "shards_processed_now": processed,
         **{f"{k}_now": v for k, v in sorted(scorer.counts.items())},
-        "clip_score": text_score.score_stats(out_dir, "clip_score"),
+        "clip_score": scoring.score_stats(out_dir, "clip_score"),
     }
-    text_score.write_summary(out_dir, summary)
+    scoring.write_summary(out_dir, summary)
     logging.info("clip_score: %s", json.dumps(summary))
     return summary
 

@@ -211,7 +211,7 @@ def _clip_score_source(
     to several classes has one image). Returns (embeddings, found mask, what is missing
     when nothing is there)."""
     del config
-    from curation.clip_score import embeddings_path  # imports torch: only on this route
+    from curation.clip_score import embeddings_path  # only on this route
 
     pairs = [(p, embeddings_path(p)) for p in sorted((workdir / "clip_score").glob("*.parquet"))]
     pairs = [(p, npy) for p, npy in pairs if npy.is_file()]
@@ -248,7 +248,7 @@ def _images_source(
     """Encodes the sampled images of W/images/*.tar with the clip_score stage's CLIP model
     (config.clip_score). Only the sampled keys are read and decoded (tar header index), and
     images stream to the model batch by batch. Undecodable images stay 0 (invalid)."""
-    from curation import clip_score  # imports torch: only on this route
+    from curation import clip_score, encoders  # encoders imports torch: only on this route
 
     images_dir = workdir / "images"
     found = np.zeros(len(keys), bool)
@@ -270,7 +270,7 @@ def _images_source(
                 decoded.append(row_of[key])
                 yield image
 
-    emb = clip_score.encode_images(clip, images(), batch_size)
+    emb = encoders.encode_images(clip, images(), batch_size)
     # float16, as the clip_score stage stores them; rows without an image stay 0 (invalid)
     out = np.zeros((len(keys), emb.shape[1] if decoded else 1), np.float16)
     if decoded:

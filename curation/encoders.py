@@ -5,6 +5,9 @@ Nothing here downloads: transformers gets `local_files_only=True` and model load
 Hugging Face hub in offline mode; open_clip pretrained tags are resolved to files already in the
 local caches (else a CurationError names the config field). Model names of `curation.tiny`
 build seeded random models in-process, for tests and smoke configs.
+
+torch and transformers load with this module, so the stages import it only inside the functions
+that build or run a model: configs (which import every stage) and CPU-only stages stay light.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from PIL import Image
 
 from curation import files, tiny
 from curation.errors import CurationError
+from curation.scoring import l2_normalize
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -100,12 +104,6 @@ def encode_by_length(
             out = np.empty((len(texts), embedded.shape[1]), np.float32)
         out[rows] = embedded
     return out if out is not None else np.zeros((0, 0), np.float32)
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Rows divided by their L2 norm; zero rows become NaN (no direction, no cosine)."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
 # --- RoBERTa-family text encoders (mean pooling) --------------------------------------------

@@ -420,6 +420,7 @@ def _jpeg(rng) -> bytes:
 
 def test_embeddings_from_images_with_the_clip_stage_model(tmp_path):
     clip_score = pytest.importorskip("curation.clip_score")
+    encoders = pytest.importorskip("curation.encoders")  # torch: skip where it is not installed
     workdir = _fake_workdir(tmp_path / "w", [1.0] * 6, per_class=4, embeddings=False)
     keys = pq.read_table(workdir / "manifest.parquet").column("key").to_pylist()
     rng = np.random.default_rng(0)
@@ -440,7 +441,7 @@ def test_embeddings_from_images_with_the_clip_stage_model(tmp_path):
     # The first class (keys 0-3) keeps keys 1 and 3; its value equals a direct computation.
     clip = clip_score.load_clip(config.clip_score)
     images = [Image.open(io.BytesIO(members[f"{keys[i]}.jpg"])).convert("RGB") for i in (1, 3)]
-    direct = _direct_pairwise(clip_score.encode_images(clip, images, 2))
+    direct = _direct_pairwise(encoders.encode_images(clip, images, 2))
     tsv = (workdir / "diagnostics" / "per_class.tsv").read_text().splitlines()
     header, first = tsv[0].split("\t"), tsv[1].split("\t")
     assert first[1] == keys[0].split("-")[0] and first[header.index("intra_n")] == "2"

@@ -1,0 +1,137 @@
+"""Helpers shared by the scoring stages (text_score, clip_score): class texts, similarity
+scores, stage inputs and summaries.
+
+numpy and pyarrow only: the stages' `defaults()` and these helpers import without torch or
+transformers, which load (through `curation.encoders`) only when a stage builds its model.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import string
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from curation import files
+from curation.errors import CurationError
+from curation.text import decode_utf8
+
+CANDIDATE_COLUMNS = {"wnid": "string", "name": "string", "lemmas": "list", "gloss": "text"}
+# Placeholders of the class text template: the row's matched lemma, and the class's fields.
+PLACEHOLDERS = ("lemma", "name", "gloss", "lemmas", "wnid")
+
+
+# --- class texts ----------------------------------------------------------------------------
+
+
+def placeholders(template: str, field: str) -> set[str]:
+    """The {names} of a format string; a one-line error naming `field` when it is not one."""
+    try:
+        return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as e:
+        raise CurationError(f"{field}={template!r} is not a format string ({e})") from None
+
+
+def check_template(template: str, field: str) -> None:
+    """One-line error unless `template` is a format string over PLACEHOLDERS."""
+    names = placeholders(template, field)
+    unknown = sorted(names - set(PLACEHOLDERS))
+    if unknown:
+        raise CurationError(
+            f"{field}={template!r}: unknown placeholder {{{unknown[0]}}}; "
+            f"use {', '.join('{' + p + '}' for p in PLACEHOLDERS)}"
+        )
+
+
+def read_classes(workdir: pathlib.Path) -> dict[str, dict[str, str]]:
+    """wnid -> the class's template fields, from `W/classes/candidates.parquet`."""
+    table = files.read_candidates(workdir, CANDIDATE_COLUMNS)
+    names = decode_utf8(table["name"])[0].to_pylist()
+    glosses = decode_utf8(table["gloss"])[0].to_pylist()
+    classes = {}
+    for wnid, name, gloss, lemmas in zip(
+        table["wnid"].to_pylist(), names, glosses, table["lemmas"].to_pylist(), strict=True
+    ):
+        classes[wnid] = {
+            "wnid": wnid,
+            "name": name or "",
+            "gloss": gloss or "",
+            "lemmas": ", ".join(lemmas or []),
+        }
+    return classes
+
+
+def class_texts(
+    wnids: Sequence[str],
+    lemmas: Sequence[str | None],
+    classes: dict[str, dict[str, str]],
+    template: str,
+    path: pathlib.Path,
+) -> tuple[list[str], np.ndarray]:
+    """(distinct class texts, index into them per row): each (wnid, lemma) pair is formatted
+    once; `path` names the shard in the error for a wnid missing from the candidates."""
+    pairs: dict[tuple[str, str | None], int] = {}
+    index = np.fromiter(
+        (pairs.setdefault(pair, len(pairs)) for pair in zip(wnids, lemmas, strict=True)),
+        dtype=np.int64,
+        count=len(wnids),
+    )
+    texts = []
+    for wnid, lemma in pairs:
+        if wnid not in classes:
+            raise CurationError(f"{path}: wnid {wnid!r} is not in classes/candidates.parquet")
+        texts.append(template.format(**{**classes[wnid], "lemma": lemma or ""}))
+    return texts, index
+
+
+# --- scores and summaries -------------------------------------------------------------------
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows divided by their L2 norm; zero rows become NaN (no direction, no cosine)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def similarity(a: np.ndarray, b: np.ndarray, normalize: bool = True) -> np.ndarray:
+    """Row-wise cosine (or dot product when normalize=False) of two [N, D] arrays -> [N]."""
+    if len(a) == 0:
+        return np.zeros(0, np.float32)
+    if normalize:
+        a, b = l2_normalize(a), l2_normalize(b)
+    return np.einsum("ij,ij->i", a, b).astype(np.float32)
+
+
+def with_column(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
+    """`table` with float32 column `name` last (replacing one of that name)."""
+    if name in table.column_names:
+        table = table.drop_columns([name])
+    return table.append_column(name, pa.array(values, pa.float32()))
+
+
+def score_stats(out_dir: pathlib.Path, column: str) -> dict:
+    """Rows, NaN count and quantiles of a score column over all of a stage's outputs."""
+    scores = files.read_stage(out_dir, [column])[column]
+    finite = pc.filter(scores, pc.invert(pc.is_nan(scores))) if len(scores) else scores
+    stats = {"rows": len(scores), "nan": len(scores) - len(finite)}
+    if len(finite):
+        names, levels = ("p5", "p25", "p50", "p75", "p95"), [0.05, 0.25, 0.5, 0.75, 0.95]
+        quantiles = pc.quantile(finite, q=levels).to_pylist()
+        stats.update(mean=pc.mean(finite).as_py(), **dict(zip(names, quantiles, strict=True)))
+    return stats
+
+
+def write_summary(out_dir: pathlib.Path, summary: dict) -> None:
+    """Writes the stage's `out_dir/summary.json` (keys sorted)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files.write_json(out_dir / "summary.json", summary, sort_keys=True)
+
+
+def stage_inputs(in_dir: pathlib.Path, previous_stage: str) -> list[pathlib.Path]:
+    """The input shards of a stage, or a one-line error naming the stage to run first."""
+    if not sorted(in_dir.glob("*.parquet")):
+        raise CurationError(f"{in_dir}: no *.parquet inputs; run the {previous_stage} stage first")
+    return files.input_shards(str(in_dir / "*.parquet"))
