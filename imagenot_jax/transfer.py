@@ -6,10 +6,10 @@ into the new model, except the classifier head, which keeps its fresh initialisa
 style fine-tuning: the new dataset has its own classes). A resumed run restores its own checkpoint
 and never reads the pretrained one again.
 
-The head is found generically, whatever its attribute path (`fc`, `classifier.1`, `heads.head`,
-Inception's `fc` and `AuxLogits.fc`): it is every variable whose shape depends on `num_classes`,
-found by building the model abstractly at two class counts and comparing shapes. Any other shape
-difference between the checkpoint and the model is an error naming the parameter.
+The head is what the model declares in the registry (`models.model_info(name).head`: `fc`,
+`classifier.1`, `heads.head`, Inception's `fc` and `AuxLogits.fc`): every variable under those
+modules. Any other shape difference between the checkpoint and the model is an error naming the
+parameter.
 
 `config.optim.trainable`: "all" fine-tunes everything; "head" is a linear probe: every non-head
 parameter gets zero updates, no weight decay and no optimizer state, the backbone runs in eval mode
@@ -32,7 +32,6 @@ import optax
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
-from flax import nnx
 
 from imagenot_jax import models
 from imagenot_jax.errors import MissingInputError, UserError
@@ -132,33 +131,14 @@ def _flat(tree: Any) -> dict[Path, Any]:
     return {_path(kp): leaf for kp, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def _abstract_variables(config: ml_collections.ConfigDict, num_classes: int) -> dict[str, dict]:
-    """collection -> path -> ShapeDtypeStruct of the config's model at `num_classes`."""
-    model = nnx.eval_shape(
-        lambda: models.get_model(
-            config.model.name,
-            num_classes=num_classes,
-            rngs=nnx.Rngs(0),
-            **config.model.get("kwargs", {}),
-        )
-    )
-    return {
-        "params": _flat(nnx.state(model, nnx.Param)),
-        "batch_stats": _flat(nnx.state(model, nnx.BatchStat)),
-    }
+def head_prefixes(config: ml_collections.ConfigDict) -> tuple[Path, ...]:
+    """Variable-path prefixes of the config's model's classifier head (its registry entry)."""
+    return models.model_info(config.model.name).head_paths
 
 
-def head_paths(config: ml_collections.ConfigDict) -> dict[str, set[Path]]:
-    """collection -> paths of the variables whose shape depends on the number of classes."""
-    num_classes = config.model.num_classes
-    if not num_classes:
-        raise UserError("model.num_classes must be set before the head can be found")
-    a = _abstract_variables(config, num_classes)
-    b = _abstract_variables(config, num_classes + 1)
-    heads = {c: {p for p in a[c] if a[c][p].shape != b[c][p].shape} for c in COLLECTIONS}
-    if not heads["params"]:
-        raise UserError(f"model {config.model.name!r}: no parameter depends on num_classes")
-    return heads
+def in_head(path: Path, head: tuple[Path, ...]) -> bool:
+    """Whether the variable at `path` belongs to one of the `head` modules."""
+    return any(path[: len(prefix)] == prefix for prefix in head)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,7 +194,7 @@ def load_pretrained(
         saved, prefix = _saved_weights(handler.metadata(state_dir).tree)
     finally:
         handler.close()
-    heads = head_paths(config)
+    head = head_prefixes(config)
     item: dict[Path, jax.ShapeDtypeStruct] = {}
     for collection in COLLECTIONS:
         saved_flat = _flat(saved.get(collection) or {})
@@ -222,7 +202,7 @@ def load_pretrained(
         target_sharding = _flat(getattr(shardings, collection))
         _check_same_variables(init, collection, set(saved_flat), set(target))
         for path, leaf in target.items():
-            if path in heads[collection]:
+            if in_head(path, head):
                 continue
             shape = tuple(saved_flat[path].shape)
             if shape != tuple(leaf.shape):
@@ -252,7 +232,7 @@ def load_pretrained(
         "model.init: %d params and %d batch stats from %s%s; fresh head: %s",
         len(weights["params"]), len(weights["batch_stats"]), state_dir,
         " (EMA weights)" if prefix else "",
-        ", ".join("/".join(p) for p in sorted(heads["params"])),
+        ", ".join("/".join(p) for p in head),
     )  # fmt: skip
     return weights
 
@@ -272,27 +252,27 @@ def merge_pretrained(fresh: Any, pretrained: Mapping[Path, jax.Array]) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-def trainable_paths(config: ml_collections.ConfigDict) -> frozenset[Path] | None:
-    """Paths of the params that train: None for all (`optim.trainable="all"`), the head's for a
-    linear probe ("head"). Paths, not a mask tree: they match any tree of the params (abstract,
-    real, gradients, optimizer-masked) without depending on its exact pytree structure."""
+def trainable_paths(config: ml_collections.ConfigDict) -> tuple[Path, ...] | None:
+    """Path prefixes of the params that train: None for all (`optim.trainable="all"`), the
+    head's for a linear probe ("head"). Paths, not a mask tree: they match any tree of the params
+    (abstract, real, gradients, optimizer-masked) without depending on its pytree structure."""
     trainable = config.optim.get("trainable", "all")
     if trainable not in TRAINABLE:
         raise UserError(f"optim.trainable={trainable!r}: expected one of {list(TRAINABLE)}")
     if trainable == "all":
         return None
-    return frozenset(head_paths(config)["params"])
+    return head_prefixes(config)
 
 
-def frozen_mask(params: Any, trainable: frozenset[Path] | None) -> Any:
+def frozen_mask(params: Any, trainable: tuple[Path, ...] | None) -> Any:
     """A tree like `params` (an nnx.State or plain dict): True for every frozen leaf."""
     return jax.tree_util.tree_map_with_path(
-        lambda kp, _: trainable is not None and _path(kp) not in trainable, params
+        lambda kp, _: trainable is not None and not in_head(_path(kp), trainable), params
     )
 
 
 def freeze(
-    tx: optax.GradientTransformation, trainable: frozenset[Path] | None
+    tx: optax.GradientTransformation, trainable: tuple[Path, ...] | None
 ) -> optax.GradientTransformation:
     """`tx` for the trainable leaves; zero updates, no weight decay and no state for the rest."""
     if trainable is None:
@@ -304,10 +284,10 @@ def freeze(
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def zero_frozen(grads: Any, trainable: frozenset[Path] | None) -> Any:
+def zero_frozen(grads: Any, trainable: tuple[Path, ...] | None) -> Any:
     """Zeroes the frozen leaves' gradients at trace time, so XLA never computes them."""
     if trainable is None:
         return grads
     return jax.tree_util.tree_map_with_path(
-        lambda kp, g: g if _path(kp) in trainable else jnp.zeros_like(g), grads
+        lambda kp, g: g if in_head(_path(kp), trainable) else jnp.zeros_like(g), grads
     )

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from imagenot_jax.models import get_model
+from imagenot_jax.models import ModelOutput, get_model, model_info
 from imagenot_jax.models.convert import from_torchvision
 
 TOLERANCE = 1e-4  # max |logit difference| <= TOLERANCE * max |logit| (fp32)
@@ -88,18 +88,23 @@ _FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
 @functools.partial(jax.jit, static_argnums=0, compiler_options=_FAST_COMPILE)
-def _apply(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array) -> tuple[Any, nnx.State]:
+def _apply(graphdef: nnx.GraphDef, state: nnx.State, x: jax.Array) -> tuple[ModelOutput, nnx.State]:
     model = nnx.merge(graphdef, state)
     return model(x), nnx.state(model)
 
 
-def jit_forward(model: nnx.Module, x: Any) -> Any:
+def jit_apply(model: nnx.Module, x: Any) -> ModelOutput:
     """`model(x)` compiled as one program; state updates (BN statistics, RNG counts) are written
     back to `model`, as an eager call would."""
     graphdef, state = nnx.split(model)
     out, new_state = _apply(graphdef, state, x)
     nnx.update(model, new_state)
     return out
+
+
+def jit_logits(model: nnx.Module, x: Any) -> jax.Array:
+    """The logits of `jit_apply(model, x)`."""
+    return jit_apply(model, x).logits
 
 
 def random_input(shape_nhwc: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, Any]:
@@ -131,15 +136,23 @@ def assert_eval_identity(
     torch_kwargs: dict[str, Any] | None = None,
     our_kwargs: dict[str, Any] | None = None,
 ) -> None:
-    """Seeded torchvision `name` -> convert -> same eval-mode logits on one random batch."""
+    """Seeded torchvision `name` -> convert -> same eval-mode logits on one random batch, and
+    the same features: what torchvision's module named as the head in our registry reads (so
+    the registry's head names torchvision's classifier, and `features` is its input)."""
     torch = pytest.importorskip("torch")
     torch_model = torchvision_model(name, **(torch_kwargs or {})).eval()
     model = converted(name, torch_model, **(our_kwargs or {}))
     model.eval()
     x, x_torch = random_input((batch, size, size, 3))
+    head_input = {}
+    head = torch_model.get_submodule(model_info(name).head[0])
+    hook = head.register_forward_pre_hook(lambda _, args: head_input.update(x=args[0]))
     with torch.no_grad():
         expected = torch_logits(torch_model(x_torch))
-    assert_logits_match(jit_forward(model, x), expected)
+    hook.remove()
+    out = jit_apply(model, x)
+    assert_logits_match(out.logits, expected)
+    assert_logits_match(out.features, head_input["x"].numpy())
 
 
 def assert_running_stats_match(model: nnx.Module, torch_model: Any) -> int:

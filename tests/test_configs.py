@@ -75,9 +75,10 @@ def test_full_size_model_builds_abstractly(name):
     model = nnx.eval_shape(lambda: trainer.build_model(config, 1000))
     size = config.input.image_size
     out, _ = abstract_forward(model, jax.ShapeDtypeStruct((2, size, size, 3), jnp.bfloat16))
-    for logits in out if isinstance(out, tuple) else (out,):
-        assert logits.shape == (2, 1000)
-        assert logits.dtype == jnp.bfloat16
+    for logits in (out.logits, out.aux_logits):
+        if logits is not None:  # auxiliary logits: Inception-v3 in train mode
+            assert logits.shape == (2, 1000)
+            assert logits.dtype == jnp.bfloat16
     assert config.input.eval_crop <= config.input.eval_resize
 
 

@@ -155,7 +155,7 @@ def setup(tmp_path_factory):
     crops = np.stack([image_ops.decode_resize_center_crop(j, resize, crop, 3) for j in jpegs])
     model.eval()
     inputs = steps.normalize(jnp.asarray(crops), config.input, jnp.float32)
-    logits = np.asarray(nnx.jit(lambda m, x: m(x))(model, inputs))
+    logits = np.asarray(nnx.jit(lambda m, x: m(x).logits)(model, inputs))
     ranks = np.argsort(-logits, axis=1)
     # Label i is the (i % 6)-th guess: top-1 hits, top-5 hits and misses.
     v2_labels = ranks[np.arange(N), np.arange(N) % 6]

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from imagenot_jax.models import get_model, list_models
+from imagenot_jax.models import get_model, list_models, model_info
+from imagenot_jax.transfer import in_head
 from tests.helpers import abstract_forward
 
 import model_parity
@@ -39,24 +40,25 @@ TORCHVISION_NAMES = {
     "vit_l_16",
     *(f"convnext_{s}" for s in ("tiny", "small", "base", "large")),
 }
-OURS_ONLY = {"resnet_mini"}  # CIFAR-sized ResNet for the demo: no torchvision counterpart
 
 
 @functools.cache
 def _registered_torchvision_models() -> list[str]:
-    return [name for name in list_models() if name not in OURS_ONLY]
+    return [name for name in list_models() if model_info(name).torchvision]
 
 
-def _identity_case(name: str) -> dict:
-    """Input size and constructor kwargs (both sides) for the eval-identity test of `name`."""
-    if name.startswith("vit_"):
-        image_size = 32 if name == "vit_l_16" else 64
-        kwargs = {"image_size": image_size}
-        return {"size": image_size, "torch_kwargs": kwargs, "our_kwargs": kwargs}
-    size = {"alexnet": 63, "inception_v3": 75}.get(
-        name, 32 if name.startswith(("vgg", "convnext")) else 64
-    )
-    return {"size": size}
+def _input_size(name: str, train: bool = False) -> int:
+    """The smallest input `name` takes (in train mode) whose last feature map is still 2x2, so
+    pooling and flattening are exercised: small enough for CPU, from the registry's metadata."""
+    info = model_info(name)
+    least = info.min_train_input_size if train else info.min_input_size
+    return max(least, 2 * info.reduction)
+
+
+def _size_kwargs(name: str, size: int) -> dict:
+    """Constructor kwargs for inputs of `size` px: fixed-size models (ViT) are built at it, with
+    their own patch grid (no resized position embedding), on both sides of a comparison."""
+    return {"image_size": size} if model_info(name).fixed_input_size else {}
 
 
 def test_every_study_model_is_registered():
@@ -91,45 +93,57 @@ def test_param_counts_equal_published_table(shared_data):
     assert not mismatched, f"(ours, published): {mismatched}"
 
 
-# One per family: tracing a deep variant takes up to half a minute on CPU and tests nothing more.
-FAMILY_REPRESENTATIVES = [
-    "alexnet",
-    "vgg11_bn",
-    "inception_v3",
-    "resnet_mini",
-    "resnet18",
-    "densenet121",
-    "mobilenet_v3_small",
-    "efficientnet_v2_s",
-    "vit_b_32",
-    "convnext_tiny",
-]
+def _str_path(path: tuple) -> tuple[str, ...]:
+    return tuple(map(str, path))
 
 
-@pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
-def test_train_and_eval_shapes_and_dtypes(name):
-    """Abstractly (no compute): logits shape/dtype in both modes, bf16 compute with fp32 state."""
-    case = _identity_case(name) if name not in OURS_ONLY else {"size": 28}
-    if name == "inception_v3":
-        case["size"] = 299  # its auxiliary head needs 299 px in train mode
-    model = model_parity.abstract_model(
-        name, num_classes=7, dtype=jnp.bfloat16, **case.get("our_kwargs", {})
+@functools.cache
+def _abstract(name: str, num_classes: int, size: int) -> nnx.Module:
+    """`name` with bf16 compute, abstractly (shapes only), built for inputs of `size` px."""
+    return model_parity.abstract_model(
+        name, num_classes=num_classes, dtype=jnp.bfloat16, **_size_kwargs(name, size)
     )
-    state = nnx.state(model)
-    x = jax.ShapeDtypeStruct((2, case["size"], case["size"], 3), jnp.float32)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_declared_head_is_every_variable_that_depends_on_num_classes(name):
+    """The registry's `head` (what transfer replaces) is exactly the variables whose shape
+    changes with the number of classes."""
+    size = _input_size(name)
+    a, b = ({_str_path(p): v.shape for p, v in nnx.state(_abstract(name, n, size)).flat_state()}
+            for n in (7, 8))  # fmt: skip
+    head = model_info(name).head_paths
+    assert {p for p in a if a[p] != b[p]} == {p for p in a if in_head(p, head)}
+    for prefix in head:  # each declared name is a module of the model
+        assert any(in_head(p, (prefix,)) for p in a), prefix
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_outputs_shapes_and_dtypes_in_both_modes(name):
+    """Abstractly (no compute), at the smallest size each mode takes: logits, auxiliary logits
+    and features, bf16 compute with fp32 state that keeps its shapes."""
     for train in (False, True):
+        size = _input_size(name, train)
+        model = _abstract(name, 7, size)
+        state = nnx.state(model)
+        x = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
         out, new_state = abstract_forward(model, x, train=train)
-        # Models with an auxiliary head return (logits, aux_logits) in train mode.
-        for logits in out if isinstance(out, tuple) else (out,):
-            assert logits.shape == (2, 7)
-            assert logits.dtype == jnp.bfloat16
+        assert (out.logits.shape, out.logits.dtype) == ((2, 7), jnp.bfloat16)
+        assert out.features.ndim == 2 and out.features.shape[0] == 2
+        assert out.features.dtype in (jnp.bfloat16, jnp.float32)  # ViT: fp32 residual stream
+        has_aux = train and "AuxLogits.fc" in model_info(name).head
+        assert (out.aux_logits is not None) == has_aux
+        if has_aux:
+            assert (out.aux_logits.shape, out.aux_logits.dtype) == ((2, 7), jnp.bfloat16)
         assert jax.tree.map(lambda a: (a.shape, a.dtype), new_state) == jax.tree.map(
             lambda a: (a.shape, a.dtype), state
         )
-    for kind in (nnx.Param, nnx.BatchStat):
-        assert {a.dtype for a in jax.tree.leaves(state.filter(kind))} <= {np.dtype(np.float32)}
+        for kind in (nnx.Param, nnx.BatchStat):
+            assert {a.dtype for a in jax.tree.leaves(state.filter(kind))} <= {np.dtype("float32")}
 
 
 @pytest.mark.parametrize("name", _registered_torchvision_models())
 def test_eval_forward_identical_to_torchvision(name):
-    model_parity.assert_eval_identity(name, **_identity_case(name))
+    size = _input_size(name)
+    kwargs = _size_kwargs(name, size)
+    model_parity.assert_eval_identity(name, size, torch_kwargs=kwargs, our_kwargs=kwargs)

@@ -47,10 +47,10 @@ def test_train_mode_updates_batch_stats_and_eval_does_not(name):
     x = jax.random.normal(jax.random.key(1), (2, size, size, 3))
     before = _batch_stats(model)
     model.eval()
-    assert model(x).shape == (2, 10)
+    assert model(x).logits.shape == (2, 10)
     assert all(np.array_equal(a, b) for a, b in zip(before, _batch_stats(model), strict=True))
     model.train()
-    assert model(x).shape == (2, 10)
+    assert model(x).logits.shape == (2, 10)
     after = _batch_stats(model)
     assert all(not np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
@@ -60,7 +60,7 @@ def test_bf16_compute_keeps_fp32_params_and_stats():
     x = jax.random.normal(jax.random.key(1), (2, 28, 28, 3))
     for mode in (model.train, model.eval):
         mode()
-        logits = model(x)
+        logits = model(x).logits
         assert logits.dtype == jnp.bfloat16
         assert bool(jnp.all(jnp.isfinite(logits)))
     assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {np.dtype(np.float32)}
@@ -127,7 +127,7 @@ def test_train_forward_and_running_stats_match_torchvision():
     with torch.no_grad():
         expected = torch_model(x_torch).numpy()
     model.train()
-    model_parity.assert_logits_match(model_parity.jit_forward(model, x), expected)
+    model_parity.assert_logits_match(model_parity.jit_logits(model, x), expected)
     assert model_parity.assert_running_stats_match(model, torch_model) == 2 * 20  # mean, var
 
 

@@ -30,11 +30,11 @@ def test_dropout_active_in_train_and_off_in_eval(name, size):
     _, model = _converted(name)  # real (torchvision) weights, no JAX init cost
     x = jax.random.normal(jax.random.key(2), (2, size, size, 3))
     model.eval()
-    a, b = model_parity.jit_forward(model, x), model_parity.jit_forward(model, x)
+    a, b = model_parity.jit_logits(model, x), model_parity.jit_logits(model, x)
     np.testing.assert_array_equal(a, b)
     model.train()
-    c = model_parity.jit_forward(model, x)
-    d = model_parity.jit_forward(model, x)  # the dropout stream advances per call
+    c = model_parity.jit_logits(model, x)
+    d = model_parity.jit_logits(model, x)  # the dropout stream advances per call
     assert not np.allclose(c, d)
     assert not np.allclose(c, a)
     model.eval()
@@ -50,7 +50,7 @@ def test_eval_identity_with_uneven_adaptive_pool_windows(name, size):
     with torch.no_grad():
         expected = torch_model(x_torch).numpy()
     model.eval()
-    model_parity.assert_logits_match(model_parity.jit_forward(model, x), expected)
+    model_parity.assert_logits_match(model_parity.jit_logits(model, x), expected)
 
 
 def test_alexnet_conv_init_is_torchs_default():

@@ -173,7 +173,7 @@ def test_eval_forward_matches_torchvision():
     x, x_torch = model_parity.random_input((1, 64, 64, 3))
     with torch.no_grad():
         expected = model_parity.torch_logits(torch_model(x_torch))
-    model_parity.assert_logits_match(model_parity.jit_forward(model, x), expected)
+    model_parity.assert_logits_match(model_parity.jit_logits(model, x), expected)
 
 
 def _to_ours(key: str, grad: np.ndarray) -> tuple[str, np.ndarray]:
@@ -191,7 +191,7 @@ def _to_ours(key: str, grad: np.ndarray) -> tuple[str, np.ndarray]:
 @nnx.jit
 def _loss_and_grads(model: nnx.Module, x: jax.Array, labels: jax.Array):
     def loss_fn(model):
-        logits = model(x)
+        logits = model(x).logits
         log_probs = jax.nn.log_softmax(logits.astype(jnp.float32))
         return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=1)), logits
 
@@ -243,13 +243,13 @@ def test_stochastic_depth_only_in_train_mode():
     model = _small_model()
     assert _block_probs(model) == pytest.approx([0.0, 0.3, 0.6, 0.9])
     x = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
-    forward = nnx.jit(lambda model, x: model(x))
+    forward = nnx.jit(lambda module, x: module(x))  # the model, then one of its blocks
     with pytest.raises(ValueError, match="train"):
         forward(model, x)  # the mode must be set: no silent default
     model.eval()
-    np.testing.assert_array_equal(forward(model, x), forward(model, x))
+    np.testing.assert_array_equal(forward(model, x).logits, forward(model, x).logits)
     model.train()
-    assert not np.array_equal(forward(model, x), forward(model, x))
+    assert not np.array_equal(forward(model, x).logits, forward(model, x).logits)
 
     # Row mode on the residual branch only: per sample, out - x is 0 or branch / (1 - p).
     block = model.features[3][0]  # p = 0.6
@@ -275,6 +275,6 @@ def test_bf16_compute_with_fp32_params():
     x, x_torch = model_parity.random_input((2, 32, 32, 3))
     with torch.no_grad():
         expected = model_parity.torch_logits(torch_model(x_torch))
-    logits = model_parity.jit_forward(model, x)
+    logits = model_parity.jit_logits(model, x)
     assert logits.dtype == jnp.bfloat16
     model_parity.assert_logits_match(logits, expected, tolerance=3e-2)

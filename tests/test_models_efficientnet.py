@@ -146,10 +146,8 @@ def test_bf16_compute_keeps_fp32_params_and_stats():
         "efficientnet_v2_s", num_classes=7, dtype=jnp.bfloat16, width_mult=0.25, depth_mult=0.25
     )
     state = nnx.state(abstract)
-    logits, new_state = abstract_forward(
-        abstract, jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32)
-    )
-    assert (logits.shape, logits.dtype) == ((2, 7), jnp.bfloat16)
+    out, new_state = abstract_forward(abstract, jax.ShapeDtypeStruct((2, 64, 64, 3), jnp.float32))
+    assert (out.logits.shape, out.logits.dtype) == ((2, 7), jnp.bfloat16)
     for kind in (nnx.Param, nnx.BatchStat):
         dtypes = {a.dtype for a in jax.tree.leaves(nnx.state(abstract, kind))}
         assert dtypes == {np.dtype(np.float32)}
@@ -182,7 +180,7 @@ def test_eval_forward_matches_torchvision(v2_s_pair):
     x, x_torch = model_parity.random_input((1, 64, 64, 3))
     with torch.no_grad():
         expected = model_parity.torch_logits(torch_model(x_torch))
-    model_parity.assert_logits_match(model_parity.jit_forward(model, x), expected)
+    model_parity.assert_logits_match(model_parity.jit_logits(model, x), expected)
 
 
 def test_train_forward_and_running_stats_match_torchvision(v2_s_pair):
@@ -195,7 +193,7 @@ def test_train_forward_and_running_stats_match_torchvision(v2_s_pair):
     x, x_torch = model_parity.random_input((4, 64, 64, 3), seed=1)
     with torch.no_grad():
         expected = model_parity.torch_logits(torch_model(x_torch))
-    model_parity.assert_logits_match(model_parity.jit_forward(model, x), expected)
+    model_parity.assert_logits_match(model_parity.jit_logits(model, x), expected)
     checked = model_parity.assert_running_stats_match(model, torch_model)
     num_norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in torch_model.modules())
     assert checked == 2 * num_norms  # mean and var of each

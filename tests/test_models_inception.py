@@ -34,7 +34,8 @@ def test_registered():
 
 
 def test_without_aux_logits():
-    """aux_logits=False builds no AuxLogits (torchvision's count) and train mode returns logits."""
+    """aux_logits=False builds no AuxLogits (torchvision's count) and train mode returns no
+    auxiliary logits."""
     torch = pytest.importorskip("torch")
     tv = pytest.importorskip("torchvision")
     with torch.device("meta"):
@@ -44,12 +45,12 @@ def test_without_aux_logits():
     assert model.AuxLogits is None
     assert model_parity.num_params(model) == TORCHVISION_PARAMS_NO_AUX
     x = jax.ShapeDtypeStruct((2, 75, 75, 3), jnp.float32)  # smallest size: no aux head to fit
-    logits, _ = abstract_forward(model, x)
-    assert isinstance(logits, jax.ShapeDtypeStruct) and logits.shape == (2, 1000)
+    out, _ = abstract_forward(model, x)
+    assert out.logits.shape == (2, 1000) and out.aux_logits is None
 
 
 def test_bf16_train_outputs_and_fp32_state():
-    """bf16 compute: train mode returns (logits, aux_logits) in bf16; params and BN statistics
+    """bf16 compute: train mode returns logits and aux_logits in bf16; params and BN statistics
     stay fp32; train mode with the auxiliary head refuses inputs below 299 px."""
     model = model_parity.abstract_model("inception_v3", num_classes=7, dtype=jnp.bfloat16)
     assert model.dropout.rate == 0.5 and not model.transform_input  # torchvision's defaults
@@ -59,9 +60,10 @@ def test_bf16_train_outputs_and_fp32_state():
         model(np.zeros((1, 75, 75, 3), np.float32))
     state = nnx.state(model)
     x = jax.ShapeDtypeStruct((2, 299, 299, 3), jnp.float32)
-    (logits, aux), new_state = abstract_forward(model, x)
-    assert logits.shape == aux.shape == (2, 7)
-    assert logits.dtype == aux.dtype == jnp.bfloat16
+    out, new_state = abstract_forward(model, x)
+    assert out.logits.shape == out.aux_logits.shape == (2, 7)
+    assert out.logits.dtype == out.aux_logits.dtype == jnp.bfloat16
+    assert out.features.shape == (2, 2048)
     shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)  # noqa: E731
     assert shapes(new_state) == shapes(state)
     float_dtypes = {a.dtype for a in jax.tree.leaves(nnx.state(model, nnx.Param, nnx.BatchStat))}
@@ -117,7 +119,7 @@ def test_eval_forward_matches_torchvision_smallest_size():
     x, x_torch = model_parity.random_input((1, 75, 75, 3))
     with torch.no_grad():
         expected = model_parity.torch_logits(torch_model(x_torch))
-    model_parity.assert_logits_match(model_parity.jit_forward(model, x), expected)
+    model_parity.assert_logits_match(model_parity.jit_logits(model, x), expected)
 
 
 def _distinct_batch(batch: int, size: int, channels: int = 3) -> tuple[np.ndarray, object]:
@@ -183,9 +185,9 @@ def test_train_forward_and_running_stats_match_torchvision():
     model.train()
     with torch.no_grad():
         expected = torch_model(x_torch)
-    logits, aux_logits = model_parity.jit_forward(model, x)
-    model_parity.assert_logits_match(logits, expected.logits.numpy())
-    model_parity.assert_logits_match(aux_logits, expected.aux_logits.numpy())
+    out = model_parity.jit_apply(model, x)
+    model_parity.assert_logits_match(out.logits, expected.logits.numpy())
+    model_parity.assert_logits_match(out.aux_logits, expected.aux_logits.numpy())
     # Every BN but the one after AuxLogits.conv1 within the shared helper's elementwise
     # tolerance; that one normalises 4 values per channel of magnitude ~3 whose mean can be
     # ~0.01, where fp32 rounding (torch's own, vs float64) exceeds the helper's atol of 1e-5.

@@ -78,7 +78,7 @@ def test_train_mode_dropout_and_running_stats_match_torchvision():
     with torch.no_grad():
         torch_model(x_torch)
     model.train()
-    first = np.asarray(model_parity.jit_forward(model, jnp.asarray(x)))
+    first = np.asarray(model_parity.jit_logits(model, jnp.asarray(x)))
     ours = {
         "features.0.1": model.features[0][1],
         "features.1.block.0.1": model.features[1].block[0][1],  # depthwise, stride 2
@@ -94,7 +94,7 @@ def test_train_mode_dropout_and_running_stats_match_torchvision():
             bn.var[...], torch_state[f"{key}.running_var"].numpy(), rtol=1e-4, atol=1e-6
         )
     # BN in train mode is deterministic given x, so differing logits come from dropout.
-    second = np.asarray(model_parity.jit_forward(model, jnp.asarray(x)))
+    second = np.asarray(model_parity.jit_logits(model, jnp.asarray(x)))
     assert not np.allclose(first, second)
     dropout = model.classifier[2]
     assert dropout.rate == 0.2
@@ -103,8 +103,8 @@ def test_train_mode_dropout_and_running_stats_match_torchvision():
     assert np.mean(kept == 0) == pytest.approx(0.2, abs=0.02)
     model.eval()
     assert np.array_equal(
-        model_parity.jit_forward(model, jnp.asarray(x)),
-        model_parity.jit_forward(model, jnp.asarray(x)),
+        model_parity.jit_logits(model, jnp.asarray(x)),
+        model_parity.jit_logits(model, jnp.asarray(x)),
     )
 
 
@@ -112,7 +112,7 @@ def test_bf16_compute_keeps_fp32_params_and_stats():
     model = _build("mobilenet_v3_small", dtype=jnp.bfloat16)
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
     model.train()
-    logits = model_parity.jit_forward(model, x)
+    logits = model_parity.jit_logits(model, x)
     assert logits.dtype == jnp.bfloat16 and bool(jnp.all(jnp.isfinite(logits)))
     for kind in (nnx.Param, nnx.BatchStat):
         dtypes = {a.dtype for a in jax.tree.leaves(nnx.state(model, kind))}

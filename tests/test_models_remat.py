@@ -41,7 +41,7 @@ def _train_step(model: nnx.Module, x: jax.Array):
 
     def loss_fn(params, rest):
         m = nnx.merge(graphdef, params, rest, copy=True)
-        loss = jnp.mean(jnp.square(m(x).astype(jnp.float32)))
+        loss = jnp.mean(jnp.square(m(x).logits.astype(jnp.float32)))
         return loss, nnx.state(m, nnx.BatchStat)
 
     (loss, stats), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(params, rest)

@@ -91,7 +91,7 @@ def _assert_eval_identity(torch_model, model, size: int, batch: int = 2) -> None
     x, x_torch = model_parity.random_input((batch, size, size, 3))
     with torch.no_grad():
         expected = model_parity.torch_logits(torch_model(x_torch))
-    model_parity.assert_logits_match(model_parity.jit_forward(model, x), expected)
+    model_parity.assert_logits_match(model_parity.jit_logits(model, x), expected)
 
 
 @pytest.mark.parametrize(("name", "size"), [("vit_b_16", 64), ("vit_b_32", 64)])
@@ -118,7 +118,7 @@ def test_representation_size_head_matches_torchvision():
 @nnx.jit
 def _loss_and_grads(model, x, labels):
     def loss_fn(model):
-        logits = model(x)
+        logits = model(x).logits
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
     return nnx.value_and_grad(loss_fn)(model)
@@ -170,13 +170,13 @@ def test_dropout_only_in_train_mode():
     model.heads.head.kernel[...] = jnp.ones_like(model.heads.head.kernel[...])
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
     with pytest.raises(ValueError):  # the mode must be set
-        model_parity.jit_forward(model, x)
+        model_parity.jit_logits(model, x)
     model.eval()
     np.testing.assert_array_equal(
-        model_parity.jit_forward(model, x), model_parity.jit_forward(model, x)
+        model_parity.jit_logits(model, x), model_parity.jit_logits(model, x)
     )
     model.train()
-    a, b = model_parity.jit_forward(model, x), model_parity.jit_forward(model, x)
+    a, b = model_parity.jit_logits(model, x), model_parity.jit_logits(model, x)
     assert a.shape == (2, 10)
     assert not np.array_equal(a, b)  # the Rngs streams advance between calls
 
@@ -260,8 +260,8 @@ def test_bf16_compute_with_fp32_params():
         load_torchvision(models[dtype], torch_model.state_dict())
         models[dtype].eval()
     x = jax.random.normal(jax.random.key(2), (4, 32, 32, 3))
-    reference = np.asarray(model_parity.jit_forward(models[jnp.float32], x))
-    logits = model_parity.jit_forward(models[jnp.bfloat16], x)
+    reference = np.asarray(model_parity.jit_logits(models[jnp.float32], x))
+    logits = model_parity.jit_logits(models[jnp.bfloat16], x)
     assert logits.dtype == jnp.bfloat16
     dtypes = {a.dtype for a in jax.tree.leaves(nnx.state(models[jnp.bfloat16], nnx.Param))}
     assert dtypes == {np.dtype(np.float32)}

@@ -122,6 +122,6 @@ def test_suite_config_models_build_at_their_sizes(path):
         def forward(state, x, graphdef=graphdef):
             model = nnx.merge(graphdef, state)
             model.train()
-            return model(x)
+            return model(x).logits
 
         assert jax.eval_shape(forward, state, x).shape == (2, 5), name

@@ -17,6 +17,7 @@ import pytest
 from flax import nnx
 
 from imagenot_jax.evaluate import evaluation
+from imagenot_jax.models import ModelOutput
 from imagenot_jax.train import sharding, steps, trainer
 from tests.conftest import FAKE_FASHION_TEST as N_TEST
 from tests.conftest import FAKE_FASHION_TRAIN as N_TRAIN
@@ -187,7 +188,7 @@ def test_user_errors_exit_2_with_one_line(tmp_path, fake_fashion_mnist):
 
 
 class _TwoHeads(nnx.Module):
-    """(logits, aux_logits) in train mode, like Inception-v3; logits alone in eval mode."""
+    """Auxiliary logits in train mode, like Inception-v3; none in eval mode."""
 
     def __init__(self):
         rngs = nnx.Rngs(0)
@@ -196,7 +197,8 @@ class _TwoHeads(nnx.Module):
         self.training = True
 
     def __call__(self, x):
-        return (self.head(x), self.aux(x)) if self.training else self.head(x)
+        aux = self.aux(x) if self.training else None
+        return ModelOutput(logits=self.head(x), features=x, aux_logits=aux)
 
 
 def test_aux_logits_add_their_weighted_loss_and_train_the_aux_head():

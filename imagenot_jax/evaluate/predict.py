@@ -39,7 +39,8 @@ def make_eval_step(
 
     def step(params, batch_stats, rest, batch):
         model = nnx.merge(setup.model_def.eval, params, batch_stats, rest, copy=True)
-        logits = model(steps.normalize(batch["image"], config.input, dtype)).astype(jnp.float32)
+        images = steps.normalize(batch["image"], config.input, dtype)
+        logits = model(images).logits.astype(jnp.float32)
         y = batch["label"]
         known = (y >= 0) & (y < len(y_to_x))
         label = jnp.where(known, jnp.asarray(y_to_x)[jnp.clip(y, 0, len(y_to_x) - 1)], -1)

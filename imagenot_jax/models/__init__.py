@@ -1,13 +1,28 @@
-"""Model zoo: `get_model(name, num_classes=..., dtype=..., rngs=...)` and `list_models()`.
+"""Model zoo: `get_model(name, num_classes=..., dtype=..., rngs=...)`, `list_models()` and
+`model_info(name)`; every model returns a `ModelOutput` (logits, features, aux_logits).
 
-Each family lives in its own module and registers its variants with `@register_model`; importing
-this package imports every family module so the registry is complete.
+Each family lives in its own module and registers its variants with `@register_model(...)`;
+importing this package imports every family module so the registry is complete.
 """
 
-from imagenot_jax.models.registry import get_model, list_models, register_model
+from imagenot_jax.models.registry import (
+    ModelInfo,
+    ModelOutput,
+    get_model,
+    list_models,
+    model_info,
+    register_model,
+)
 from imagenot_jax.models.tracing import install_cheap_tracer_sharding
 
-__all__ = ["get_model", "list_models", "register_model"]
+__all__ = [
+    "ModelInfo",
+    "ModelOutput",
+    "get_model",
+    "list_models",
+    "model_info",
+    "register_model",
+]
 
 # Family modules register themselves on import; keep these last.
 from imagenot_jax.models import (  # noqa: F401

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from imagenot_jax.models.layers import torch_conv, torch_default_conv_init, torch_linear
-from imagenot_jax.models.registry import register_model
+from imagenot_jax.models.registry import ModelOutput, register_model
 from imagenot_jax.models.torch_nn import (
     AdaptiveAvgPool2d,
     MaxPool2d,
@@ -34,7 +34,8 @@ _conv = functools.partial(torch_conv, use_bias=True, kernel_init=torch_default_c
 class AlexNet(nnx.Module):
     """torchvision.models.AlexNet (the one-GPU variant of "One weird trick", 61.1M params).
 
-    Input: float NHWC batch (>= 63 px); output: logits (batch, num_classes) in `dtype`.
+    Input: float NHWC batch (>= 63 px); output: a ModelOutput, logits (batch, num_classes) in
+    `dtype` and the features (the second hidden layer's activations) that `classifier.6` reads.
     Dropout is active after model.train() and off after model.eval(). `width_mult` (conv
     channels) and `hidden_features` (classifier width) are ours, for small nets; their defaults
     give torchvision's AlexNet.
@@ -84,12 +85,14 @@ class AlexNet(nnx.Module):
             ]
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> ModelOutput:
         x = self.features(jnp.asarray(x, self.dtype))
-        return self.classifier(flatten_nchw(self.avgpool(x)))
+        features = self.classifier.run(flatten_nchw(self.avgpool(x)), stop=6)
+        return ModelOutput(logits=self.classifier.run(features, start=6), features=features)
 
 
-@register_model
+# torchvision's min_size; total stride 32 (stride-4 stem conv, three 3x3/2 max-pools, floored).
+@register_model(head=("classifier.6",), min_input_size=63, reduction=32)
 def alexnet(**kwargs: Any) -> AlexNet:
     """AlexNet (torchvision: 61,100,840 parameters at 1000 classes)."""
     return AlexNet(**kwargs)

@@ -26,7 +26,7 @@ from flax import nnx
 
 from imagenot_jax.errors import UserError
 from imagenot_jax.models.layers import torch_conv
-from imagenot_jax.models.registry import register_model
+from imagenot_jax.models.registry import ModelOutput, register_model
 from imagenot_jax.models.torch_nn import (
     Activation,
     AdaptiveAvgPool2d,
@@ -167,8 +167,9 @@ class ConvNeXt(nnx.Module):
 
     features = [stem (conv 4x4/4 + LayerNorm2d), stage 1, downsample 1, ..., last stage]; block
     i of N (counted over all stages) drops its residual branch with probability
-    stochastic_depth_prob * i / (N - 1) in training. Input: float NHWC batch; output: logits
-    (batch, num_classes) in `dtype`. Train/eval (stochastic depth) via model.train()/eval().
+    stochastic_depth_prob * i / (N - 1) in training. Input: float NHWC batch; output: a
+    ModelOutput, logits (batch, num_classes) in `dtype` and the normalised pooled features that
+    `classifier.2` reads. Train/eval (stochastic depth) via model.train()/eval().
     """
 
     def __init__(
@@ -226,70 +227,52 @@ class ConvNeXt(nnx.Module):
                 adapted[key] = np.asarray(array).reshape(-1)
         return adapted
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> ModelOutput:
         x = self.features(jnp.asarray(x, self.dtype))
-        x = self.avgpool(x)
-        return self.classifier(x)
+        features = self.classifier.run(self.avgpool(x), stop=2)  # LayerNorm2d, flatten
+        return ModelOutput(logits=self.classifier.run(features, start=2), features=features)
 
 
-def _build(block_setting: list[CNBlockConfig], default_sd: float, kwargs: dict) -> ConvNeXt:
-    """A variant, whose stage `widths` and `depths` kwargs may override (smoke-sized nets)."""
+def _build(
+    widths: tuple[int, ...], depths: tuple[int, ...], default_sd: float, kwargs: dict
+) -> ConvNeXt:
+    """A variant (torchvision's stage widths and depths), which the `widths` and `depths` kwargs
+    may override (smoke-sized nets): stage i downsamples to stage i + 1's width."""
     kwargs.setdefault("stochastic_depth_prob", default_sd)
-    widths = kwargs.pop("widths", [stage.input_channels for stage in block_setting])
-    depths = kwargs.pop("depths", [stage.num_layers for stage in block_setting])
-    if not len(widths) == len(depths) == len(block_setting):
-        raise UserError(f"ConvNeXt: need {len(block_setting)} stage widths and depths")
+    num_stages = len(widths)
+    widths, depths = kwargs.pop("widths", widths), kwargs.pop("depths", depths)
+    if not len(widths) == len(depths) == num_stages:
+        raise UserError(f"ConvNeXt: need {num_stages} stage widths and depths")
     outs = [*widths[1:], None]
     setting = [CNBlockConfig(*stage) for stage in zip(widths, outs, depths, strict=True)]
     return ConvNeXt(setting, **kwargs)
 
 
-# --- registered variants (torchvision's names, block settings and default stochastic depth) ---
+# --- registered variants (torchvision's names, stage widths/depths, default stochastic depth) -
+
+# torchvision's min_size: the 4x4/4 stem and three 2x2/2 downsamplings need 32 px.
+_INFO = dict(head=("classifier.2",), min_input_size=32, reduction=32)
 
 
-@register_model
+@register_model(**_INFO)
 def convnext_tiny(**kwargs: Any) -> ConvNeXt:
     """ConvNeXt-T (torchvision: 28,589,128 parameters at 1000 classes; stochastic depth 0.1)."""
-    setting = [
-        CNBlockConfig(96, 192, 3),
-        CNBlockConfig(192, 384, 3),
-        CNBlockConfig(384, 768, 9),
-        CNBlockConfig(768, None, 3),
-    ]
-    return _build(setting, 0.1, kwargs)
+    return _build((96, 192, 384, 768), (3, 3, 9, 3), 0.1, kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def convnext_small(**kwargs: Any) -> ConvNeXt:
     """ConvNeXt-S (torchvision: 50,223,688 parameters at 1000 classes; stochastic depth 0.4)."""
-    setting = [
-        CNBlockConfig(96, 192, 3),
-        CNBlockConfig(192, 384, 3),
-        CNBlockConfig(384, 768, 27),
-        CNBlockConfig(768, None, 3),
-    ]
-    return _build(setting, 0.4, kwargs)
+    return _build((96, 192, 384, 768), (3, 3, 27, 3), 0.4, kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def convnext_base(**kwargs: Any) -> ConvNeXt:
     """ConvNeXt-B (torchvision: 88,591,464 parameters at 1000 classes; stochastic depth 0.5)."""
-    setting = [
-        CNBlockConfig(128, 256, 3),
-        CNBlockConfig(256, 512, 3),
-        CNBlockConfig(512, 1024, 27),
-        CNBlockConfig(1024, None, 3),
-    ]
-    return _build(setting, 0.5, kwargs)
+    return _build((128, 256, 512, 1024), (3, 3, 27, 3), 0.5, kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def convnext_large(**kwargs: Any) -> ConvNeXt:
     """ConvNeXt-L (torchvision: 197,767,336 parameters at 1000 classes; stochastic depth 0.5)."""
-    setting = [
-        CNBlockConfig(192, 384, 3),
-        CNBlockConfig(384, 768, 3),
-        CNBlockConfig(768, 1536, 27),
-        CNBlockConfig(1536, None, 3),
-    ]
-    return _build(setting, 0.5, kwargs)
+    return _build((192, 384, 768, 1536), (3, 3, 27, 3), 0.5, kwargs)

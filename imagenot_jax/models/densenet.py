@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from imagenot_jax.models.layers import BatchNorm, linear_kernel_init, torch_conv
-from imagenot_jax.models.registry import register_model
+from imagenot_jax.models.registry import ModelOutput, register_model
 from imagenot_jax.models.torch_nn import remat_block
 
 # torch.nn.init.kaiming_normal_(w) with its defaults (mode="fan_in", a=0 -> gain^2 = 2):
@@ -172,7 +172,8 @@ class Features(nnx.Module):
 class DenseNet(nnx.Module):
     """torchvision.models.DenseNet (DenseNet-BC); attributes `features` and `classifier`.
 
-    Input: float NHWC batch; output: logits (batch, num_classes) in `dtype`. Train/eval via
+    Input: float NHWC batch; output: a ModelOutput, logits (batch, num_classes) in `dtype` and
+    the pooled features that `classifier` reads. Train/eval via
     model.train()/eval() (BatchNorm statistics, and dropout when drop_rate > 0).
     `memory_efficient` (torch checkpointing) has no effect on the function and is not offered:
     use jax.checkpoint/remat policies in the train step instead.
@@ -233,11 +234,11 @@ class DenseNet(nnx.Module):
             renamed[".".join(parts)] = value
         return renamed
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> ModelOutput:
         x = jnp.asarray(x, self.dtype)
         x = nnx.relu(self.features(x))
-        x = jnp.mean(x, axis=(1, 2))  # adaptive_avg_pool2d((1, 1)) + flatten
-        return self.classifier(x)
+        features = jnp.mean(x, axis=(1, 2))  # adaptive_avg_pool2d((1, 1)) + flatten
+        return ModelOutput(logits=self.classifier(features), features=features)
 
 
 def _build(
@@ -250,26 +251,29 @@ def _build(
 
 # --- registered variants (torchvision's names and definitions) ----------------------------
 
+# torchvision's min_size (29 px: the last transition's 2x2/2 average pool needs a 2x2 map).
+_INFO = dict(head=("classifier",), min_input_size=29, reduction=32)
 
-@register_model
+
+@register_model(**_INFO)
 def densenet121(**kwargs: Any) -> DenseNet:
     """DenseNet-121 (torchvision: 7,978,856 parameters at 1000 classes)."""
     return _build(32, (6, 12, 24, 16), 64, kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def densenet161(**kwargs: Any) -> DenseNet:
     """DenseNet-161 (torchvision: 28,681,000 parameters at 1000 classes)."""
     return _build(48, (6, 12, 36, 24), 96, kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def densenet169(**kwargs: Any) -> DenseNet:
     """DenseNet-169 (torchvision: 14,149,480 parameters at 1000 classes)."""
     return _build(32, (6, 12, 32, 32), 64, kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def densenet201(**kwargs: Any) -> DenseNet:
     """DenseNet-201 (torchvision: 20,013,928 parameters at 1000 classes)."""
     return _build(32, (6, 12, 48, 32), 64, kwargs)

@@ -19,7 +19,7 @@ from flax import nnx
 
 from imagenot_jax.errors import UserError
 from imagenot_jax.models.layers import BatchNorm, make_divisible, torch_conv
-from imagenot_jax.models.registry import register_model
+from imagenot_jax.models.registry import ModelOutput, register_model
 from imagenot_jax.models.torch_nn import (
     Activation,
     AdaptiveAvgPool2d,
@@ -228,8 +228,9 @@ def classifier(in_features: int, num_classes: int, dropout: float, **kw: Any) ->
 class EfficientNet(nnx.Module):
     """torchvision.models.EfficientNet: `features`, `avgpool`, `classifier` as torchvision's.
 
-    Input: float NHWC batch; output: logits (batch, num_classes) in `dtype`. Train/eval (BN
-    statistics, stochastic depth, dropout) via model.train()/model.eval().
+    Input: float NHWC batch; output: a ModelOutput, logits (batch, num_classes) in `dtype` and
+    the pooled features that `classifier.1` reads after its dropout. Train/eval (BN statistics,
+    stochastic depth, dropout) via model.train()/model.eval().
     """
 
     def __init__(
@@ -274,10 +275,10 @@ class EfficientNet(nnx.Module):
         self.avgpool = AdaptiveAvgPool2d((1, 1))
         self.classifier = classifier(last_out, num_classes, dropout, **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> ModelOutput:
         x = self.features(jnp.asarray(x, self.dtype))
-        x = self.avgpool(x).reshape(x.shape[0], -1)  # 1x1 spatial: same as torch's flatten
-        return self.classifier(x)
+        features = self.avgpool(x).reshape(x.shape[0], -1)  # 1x1 spatial: torch's flatten
+        return ModelOutput(logits=self.classifier(features), features=features)
 
 
 def _efficientnet_conf(
@@ -312,20 +313,23 @@ def _build(arch: str, kwargs: dict[str, Any]) -> EfficientNet:
 
 # --- registered variants (torchvision's names and definitions) ----------------------------
 
+# torchvision's min_size for the V2 weights (33 px); five stride-2 stages.
+_INFO = dict(head=("classifier.1",), min_input_size=33, reduction=32)
 
-@register_model
+
+@register_model(**_INFO)
 def efficientnet_v2_s(**kwargs: Any) -> EfficientNet:
     """EfficientNetV2-S (torchvision: 21,458,488 parameters at 1000 classes; dropout 0.2)."""
     return _build("efficientnet_v2_s", kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def efficientnet_v2_m(**kwargs: Any) -> EfficientNet:
     """EfficientNetV2-M (torchvision: 54,139,356 parameters at 1000 classes; dropout 0.3)."""
     return _build("efficientnet_v2_m", kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def efficientnet_v2_l(**kwargs: Any) -> EfficientNet:
     """EfficientNetV2-L (torchvision: 118,515,272 parameters at 1000 classes; dropout 0.4)."""
     return _build("efficientnet_v2_l", kwargs)

@@ -21,7 +21,7 @@ from flax import nnx
 
 from imagenot_jax.errors import UserError
 from imagenot_jax.models.layers import BatchNorm, torch_bias_init, torch_conv
-from imagenot_jax.models.registry import register_model
+from imagenot_jax.models.registry import ModelOutput, register_model
 from imagenot_jax.models.torch_nn import AdaptiveAvgPool2d, MaxPool2d, remat_block
 
 # transform_input: maps an ImageNet-normalised input ((x - mean) / std) to the (x - 0.5) / 0.5
@@ -243,13 +243,12 @@ class InceptionAux(nnx.Module):
 class Inception3(nnx.Module):
     """torchvision.models.Inception3: input float NHWC, logits (batch, num_classes) in `dtype`.
 
-    Outputs, as torchvision's (train/eval only via model.train() / model.eval()):
-    - eval mode: the logits;
-    - train mode with aux_logits=True: a tuple `(logits, aux_logits)` (torchvision's
-      InceptionOutputs), both (batch, num_classes); the trainer adds
-      `aux_loss_weight * cross_entropy(aux_logits)` to the main loss (torchvision's reference
-      recipe uses 0.4). Needs >= 299 px inputs (the auxiliary head's pools);
-    - train mode with aux_logits=False: the logits (no AuxLogits module is built).
+    Output: a ModelOutput, logits (batch, num_classes) and the pooled features that `fc` reads
+    (before its dropout). Train/eval only via model.train() / model.eval(). In train mode with
+    aux_logits=True, `aux_logits` holds the auxiliary head's (batch, num_classes) logits, as
+    torchvision's InceptionOutputs; the trainer adds `aux_loss_weight * cross_entropy(aux_logits)`
+    to the main loss (torchvision's reference recipe uses 0.4). That needs >= 299 px inputs (the
+    auxiliary head's pools). With aux_logits=False no AuxLogits module is built.
     `transform_input=True` re-normalises an ImageNet-normalised input to Google's (x - 0.5) / 0.5,
     as needed by the ported Google weights (torchvision sets it only when loading them).
     Dropout (`dropout`, default 0.5) acts on the pooled features before `fc`. torchvision's
@@ -296,7 +295,7 @@ class Inception3(nnx.Module):
         self.dropout = nnx.Dropout(dropout, deterministic=None, rngs=rngs)
         self.fc = _linear(2048, num_classes, 0.1, **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array | tuple[jax.Array, jax.Array]:
+    def __call__(self, x: jax.Array) -> ModelOutput:
         if self.deterministic is None:
             raise ValueError("Inception3: call model.train() or model.eval() first")
         x = jnp.asarray(x, self.dtype)
@@ -316,12 +315,19 @@ class Inception3(nnx.Module):
         x = self.Mixed_6e(self.Mixed_6d(self.Mixed_6c(self.Mixed_6b(x))))
         aux = self.AuxLogits(x) if use_aux else None
         x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))
-        x = self.avgpool(x).reshape(x.shape[0], -1)  # 1x1 map: NHWC flatten = torch's order
-        logits = self.fc(self.dropout(x))
-        return (logits, aux) if use_aux else logits
+        features = self.avgpool(x).reshape(x.shape[0], -1)  # 1x1 map: NHWC flatten = torch's
+        logits = self.fc(self.dropout(features))
+        return ModelOutput(logits=logits, features=features, aux_logits=aux)
 
 
-@register_model
+# torchvision's min_size (75 px: Mixed_7a's 3x3/2 conv needs a 3x3 map); the auxiliary head
+# needs 299 px in train mode.
+@register_model(
+    head=("fc", "AuxLogits.fc"),
+    min_input_size=75,
+    reduction=32,
+    min_train_input_size=MIN_AUX_TRAIN_SIZE,
+)
 def inception_v3(**kwargs: Any) -> Inception3:
     """Inception-v3 (torchvision: 27,161,264 parameters at 1000 classes with aux_logits=True)."""
     return Inception3(**kwargs)

@@ -19,7 +19,7 @@ from flax import nnx
 
 from imagenot_jax.errors import UserError
 from imagenot_jax.models.layers import BatchNorm, make_divisible, torch_conv
-from imagenot_jax.models.registry import register_model
+from imagenot_jax.models.registry import ModelOutput, register_model
 from imagenot_jax.models.torch_nn import Activation, Sequential, remat_block
 
 
@@ -154,8 +154,9 @@ def _linear(in_features: int, out_features: int, **kw: Any) -> nnx.Linear:
 class MobileNetV3(nnx.Module):
     """torchvision.models.MobileNetV3: attributes `features` and `classifier` as torchvision's.
 
-    Input: float NHWC batch; output: logits (batch, num_classes) in `dtype`. Train/eval (BN
-    statistics, dropout) via model.train()/model.eval().
+    Input: float NHWC batch; output: a ModelOutput, logits (batch, num_classes) in `dtype` and
+    the features (`classifier.1`'s hardswish activations) that `classifier.3` reads after its
+    dropout. Train/eval (BN statistics, dropout) via model.train()/model.eval().
     """
 
     def __init__(
@@ -196,10 +197,11 @@ class MobileNetV3(nnx.Module):
             if isinstance(module, BatchNorm3):
                 module.momentum = 1.0 - norm_momentum  # Flax's convention
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> ModelOutput:
         x = self.features(jnp.asarray(x, self.dtype))
         x = jnp.mean(x, axis=(1, 2))  # AdaptiveAvgPool2d(1) + flatten
-        return self.classifier(x)
+        features = self.classifier.run(x, stop=2)
+        return ModelOutput(logits=self.classifier.run(features, start=2), features=features)
 
 
 def _mobilenet_v3_conf(
@@ -259,14 +261,17 @@ def _build(arch: str, kwargs: dict[str, Any]) -> MobileNetV3:
 
 # --- registered variants (torchvision's names and definitions) ----------------------------
 
+# torchvision's min_size is 1: every conv pads; five stride-2 stages.
+_INFO = dict(head=("classifier.3",), min_input_size=1, reduction=32)
 
-@register_model
+
+@register_model(**_INFO)
 def mobilenet_v3_large(**kwargs: Any) -> MobileNetV3:
     """MobileNetV3-Large (torchvision: 5,483,032 parameters at 1000 classes)."""
     return _build("mobilenet_v3_large", kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def mobilenet_v3_small(**kwargs: Any) -> MobileNetV3:
     """MobileNetV3-Small (torchvision: 2,542,856 parameters at 1000 classes)."""
     return _build("mobilenet_v3_small", kwargs)

@@ -18,7 +18,7 @@ from flax import nnx
 
 from imagenot_jax.errors import UserError
 from imagenot_jax.models.layers import BatchNorm, torch_conv, torch_linear
-from imagenot_jax.models.registry import register_model
+from imagenot_jax.models.registry import ModelOutput, register_model
 from imagenot_jax.models.torch_nn import Sequential, remat_block
 
 
@@ -114,7 +114,8 @@ class ResNet(nnx.Module):
     """torchvision.models.ResNet with stage widths/depths and the stem kind as arguments.
 
     Attributes are named as torchvision's (conv1, bn1, layer1..layerN, fc). Input: float NHWC
-    batch; output: logits (batch, num_classes) in `dtype`. Train/eval via model.train()/eval().
+    batch; output: a ModelOutput, logits (batch, num_classes) in `dtype` and the pooled features
+    that `fc` reads. Train/eval via model.train()/eval().
     """
 
     def __init__(
@@ -168,7 +169,7 @@ class ResNet(nnx.Module):
                 if isinstance(module, BasicBlock | Bottleneck):
                     module.zero_init_last_bn()
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> ModelOutput:
         x = jnp.asarray(x, self.dtype)
         x = nnx.relu(self.bn1(self.conv1(x)))
         if not self.small_input:
@@ -177,8 +178,8 @@ class ResNet(nnx.Module):
         for i in range(self.num_stages):
             for block in getattr(self, f"layer{i + 1}"):
                 x = block(x)
-        x = jnp.mean(x, axis=(1, 2))  # AdaptiveAvgPool2d((1, 1)) + flatten
-        return self.fc(x)
+        features = jnp.mean(x, axis=(1, 2))  # AdaptiveAvgPool2d((1, 1)) + flatten
+        return ModelOutput(logits=self.fc(features), features=features)
 
 
 def _resnet(
@@ -190,38 +191,42 @@ def _resnet(
 
 # --- registered variants (torchvision's names and definitions) ----------------------------
 
+# torchvision's min_size is 1: every conv and pool pads; stride-2 stem, max-pool and 3 stages.
+_INFO = dict(head=("fc",), min_input_size=1, reduction=32)
 
-@register_model
+
+@register_model(**_INFO)
 def resnet18(**kwargs: Any) -> ResNet:
     """ResNet-18 (torchvision: 11,689,512 parameters at 1000 classes)."""
     return _resnet(BasicBlock, (2, 2, 2, 2), kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def resnet34(**kwargs: Any) -> ResNet:
     """ResNet-34 (torchvision: 21,797,672 parameters at 1000 classes)."""
     return _resnet(BasicBlock, (3, 4, 6, 3), kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def resnet50(**kwargs: Any) -> ResNet:
     """ResNet-50 v1.5 (torchvision: 25,557,032 parameters at 1000 classes)."""
     return _resnet(Bottleneck, (3, 4, 6, 3), kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def resnet101(**kwargs: Any) -> ResNet:
     """ResNet-101 v1.5 (torchvision: 44,549,160 parameters at 1000 classes)."""
     return _resnet(Bottleneck, (3, 4, 23, 3), kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def resnet152(**kwargs: Any) -> ResNet:
     """ResNet-152 v1.5 (torchvision: 60,192,808 parameters at 1000 classes)."""
     return _resnet(Bottleneck, (3, 8, 36, 3), kwargs)
 
 
-@register_model
+# CIFAR-style stem and three stages: two stride-2 stages only.
+@register_model(head=("fc",), min_input_size=1, reduction=4, torchvision=False)
 def resnet_mini(**kwargs: Any) -> ResNet:
     """Demo ResNet for 28 px images (Fashion-MNIST as RGB) trained on a couple of CPU cores.
 

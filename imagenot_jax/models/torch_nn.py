@@ -81,7 +81,12 @@ class Sequential(nnx.List):
     """torch.nn.Sequential: an nnx.List (indexed like torch's) that applies its layers in order."""
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        for layer in self:
+        return self.run(x)
+
+    def run(self, x: jax.Array, start: int = 0, stop: int | None = None) -> jax.Array:
+        """Applies layers[start:stop] only: a classifier's pre-logits features are the output of
+        its layers before the last Linear (and that Linear's dropout)."""
+        for layer in list(self)[start:stop]:
             x = layer(x)
         return x
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from imagenot_jax.models.layers import BatchNorm, torch_conv
-from imagenot_jax.models.registry import register_model
+from imagenot_jax.models.registry import ModelOutput, register_model
 from imagenot_jax.models.torch_nn import (
     AdaptiveAvgPool2d,
     MaxPool2d,
@@ -77,7 +77,9 @@ def _vgg_linear(
 class VGG(nnx.Module):
     """torchvision.models.VGG: `features` from a cfg, AdaptiveAvgPool2d((7, 7)), 3-layer MLP head.
 
-    Input: float NHWC batch (>= 32 px); output: logits (batch, num_classes) in `dtype`.
+    Input: float NHWC batch (>= 32 px); output: a ModelOutput, logits (batch, num_classes) in
+    `dtype` and the features (the second hidden layer's activations, before the dropout of
+    `classifier.6`).
     Dropout is active after model.train() and off after model.eval(). `width_mult` (conv
     channels) and `hidden_features` (classifier width) are ours, for smoke-sized nets; their
     defaults give torchvision's VGG.
@@ -114,57 +116,61 @@ class VGG(nnx.Module):
             ]
         )
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> ModelOutput:
         x = self.features(jnp.asarray(x, self.dtype))
-        return self.classifier(flatten_nchw(self.avgpool(x)))
+        features = self.classifier.run(flatten_nchw(self.avgpool(x)), stop=5)
+        return ModelOutput(logits=self.classifier.run(features, start=5), features=features)
 
 
 # --- registered variants (torchvision's names and definitions) ----------------------------
 
+# torchvision's min_size: five 2x2/2 max-pools need 32 px.
+_INFO = dict(head=("classifier.6",), min_input_size=32, reduction=32)
 
-@register_model
+
+@register_model(**_INFO)
 def vgg11(**kwargs: Any) -> VGG:
     """VGG-11, config A (torchvision: 132,863,336 parameters at 1000 classes)."""
     return VGG(CFGS["A"], batch_norm=False, **kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def vgg11_bn(**kwargs: Any) -> VGG:
     """VGG-11 with BatchNorm (torchvision: 132,868,840 parameters at 1000 classes)."""
     return VGG(CFGS["A"], batch_norm=True, **kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def vgg13(**kwargs: Any) -> VGG:
     """VGG-13, config B (torchvision: 133,047,848 parameters at 1000 classes)."""
     return VGG(CFGS["B"], batch_norm=False, **kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def vgg13_bn(**kwargs: Any) -> VGG:
     """VGG-13 with BatchNorm (torchvision: 133,053,736 parameters at 1000 classes)."""
     return VGG(CFGS["B"], batch_norm=True, **kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def vgg16(**kwargs: Any) -> VGG:
     """VGG-16, config D (torchvision: 138,357,544 parameters at 1000 classes)."""
     return VGG(CFGS["D"], batch_norm=False, **kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def vgg16_bn(**kwargs: Any) -> VGG:
     """VGG-16 with BatchNorm (torchvision: 138,365,992 parameters at 1000 classes)."""
     return VGG(CFGS["D"], batch_norm=True, **kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def vgg19(**kwargs: Any) -> VGG:
     """VGG-19, config E (torchvision: 143,667,240 parameters at 1000 classes)."""
     return VGG(CFGS["E"], batch_norm=False, **kwargs)
 
 
-@register_model
+@register_model(**_INFO)
 def vgg19_bn(**kwargs: Any) -> VGG:
     """VGG-19 with BatchNorm (torchvision: 143,678,248 parameters at 1000 classes)."""
     return VGG(CFGS["E"], batch_norm=True, **kwargs)

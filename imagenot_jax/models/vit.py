@@ -28,7 +28,7 @@ from flax import nnx
 
 from imagenot_jax.errors import UserError
 from imagenot_jax.models.layers import linear_kernel_init, torch_conv
-from imagenot_jax.models.registry import register_model
+from imagenot_jax.models.registry import ModelOutput, register_model
 from imagenot_jax.models.torch_nn import Activation, Sequential, remat_block
 
 LAYER_NORM_EPS = 1e-6  # torchvision: partial(nn.LayerNorm, eps=1e-6)
@@ -234,17 +234,20 @@ class Heads(nnx.Module):
         in_features = hidden_dim if representation_size is None else representation_size
         self.head = nnx.Linear(in_features, num_classes, kernel_init=_zeros, bias_init=_zeros, **kw)
 
+    def features(self, x: jax.Array) -> jax.Array:
+        """The class token's pre-logits features: what `head` reads."""
+        return x if self.pre_logits is None else jnp.tanh(self.pre_logits(x))
+
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.pre_logits is not None:
-            x = jnp.tanh(self.pre_logits(x))
-        return self.head(x)
+        return self.head(self.features(x))
 
 
 class VisionTransformer(nnx.Module):
     """torchvision.models.VisionTransformer (patchify stem; no conv_stem_configs).
 
-    Input: float NHWC batch of exactly (image_size, image_size) images; output: logits
-    (batch, num_classes) in `dtype`. Dropouts follow model.train()/model.eval().
+    Input: float NHWC batch of exactly (image_size, image_size) images; output: a ModelOutput,
+    logits (batch, num_classes) in `dtype` and the class token's features that `heads.head`
+    reads. Dropouts follow model.train()/model.eval().
     """
 
     def __init__(
@@ -297,7 +300,7 @@ class VisionTransformer(nnx.Module):
         )
         self.heads = Heads(hidden_dim, num_classes, representation_size, **kw)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array) -> ModelOutput:
         n, h, w, _ = x.shape
         if (h, w) != (self.image_size, self.image_size):
             raise UserError(
@@ -308,7 +311,8 @@ class VisionTransformer(nnx.Module):
         x = x.reshape(n, -1, self.hidden_dim).astype(self.residual_dtype)
         cls = jnp.broadcast_to(self.class_token[...].astype(x.dtype), (n, 1, self.hidden_dim))
         x = self.encoder(jnp.concatenate([cls, x], axis=1))
-        return self.heads(x[:, 0])  # the class token
+        features = self.heads.features(x[:, 0])  # the class token
+        return ModelOutput(logits=self.heads.head(features), features=features)
 
     @staticmethod
     def adapt_torch_state_dict(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -349,19 +353,29 @@ def _vision_transformer(
 # --- registered variants (torchvision's names and definitions) ----------------------------
 
 
-@register_model
+def _info(patch_size: int) -> dict[str, Any]:
+    """The input is exactly `image_size` px (default 224; one patch at least)."""
+    return dict(
+        head=("heads.head",),
+        min_input_size=patch_size,
+        reduction=patch_size,
+        fixed_input_size=True,
+    )
+
+
+@register_model(**_info(16))
 def vit_b_16(**kwargs: Any) -> VisionTransformer:
     """ViT-B/16 (torchvision: 86,567,656 parameters at 224 px and 1000 classes)."""
     return _vision_transformer(16, 12, 12, 768, 3072, kwargs)
 
 
-@register_model
+@register_model(**_info(32))
 def vit_b_32(**kwargs: Any) -> VisionTransformer:
     """ViT-B/32 (torchvision: 88,224,232 parameters at 224 px and 1000 classes)."""
     return _vision_transformer(32, 12, 12, 768, 3072, kwargs)
 
 
-@register_model
+@register_model(**_info(16))
 def vit_l_16(**kwargs: Any) -> VisionTransformer:
     """ViT-L/16 (torchvision: 304,326,632 parameters at 224 px and 1000 classes)."""
     return _vision_transformer(16, 24, 16, 1024, 4096, kwargs)

@@ -54,19 +54,18 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def forward_loss(model_graph: Any, aux_loss_weight: float) -> Callable:
-    """Loss of one batch -> (loss, (logits, new batch stats, new rest)). A model with an
-    auxiliary head (Inception-v3) returns (logits, aux_logits) in train mode; its loss is
-    CE(logits) + aux_loss_weight * CE(aux)."""
+    """Loss of one batch -> (loss, (logits, new batch stats, new rest)). Where the model's
+    output has auxiliary logits (Inception-v3 in train mode) the loss is
+    CE(logits) + aux_loss_weight * CE(aux_logits)."""
 
     def loss_fn(params, batch_stats, rest, images, targets):
         model = nnx.merge(model_graph, params, batch_stats, rest, copy=True)
-        outputs = model(images)
-        logits, aux_logits = outputs if isinstance(outputs, tuple) else (outputs, None)
+        out = model(images)
         _, _, new_stats, new_rest = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-        loss = jnp.mean(cross_entropy(logits, targets))
-        if aux_logits is not None:
-            loss = loss + aux_loss_weight * jnp.mean(cross_entropy(aux_logits, targets))
-        return loss, (logits, new_stats, new_rest)
+        loss = jnp.mean(cross_entropy(out.logits, targets))
+        if out.aux_logits is not None:
+            loss = loss + aux_loss_weight * jnp.mean(cross_entropy(out.aux_logits, targets))
+        return loss, (out.logits, new_stats, new_rest)
 
     return loss_fn
 

@@ -90,8 +90,8 @@ class Setup:
     init: Callable[..., TrainState]  # init(pretrained=None): see transfer.load_pretrained
     steps_per_epoch: int
     total_steps: int
-    # Paths of the params that train (optim.trainable="head": the classifier head); None: all.
-    trainable: frozenset | None = None
+    # Path prefixes of the params that train (optim.trainable="head": the head); None: all.
+    trainable: tuple | None = None
 
 
 def new_state(
