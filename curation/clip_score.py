@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 import os
 import pathlib
 import re
@@ -272,13 +271,7 @@ class _Scorer:
         if self._clip is None:
             self._load()
         table = pq.read_table(shard)
-        texts, index = scoring.class_texts(
-            table["wnid"].to_pylist(),
-            table["lemma"].to_pylist(),
-            self.classes,
-            self.section.class_text,
-            shard,
-        )
+        texts, index = scoring.class_texts(table, self.classes, self.section.class_text, shard)
         images = self._source(table, self._clip, self._dim, shard, self.counts)
         scores = scoring.similarity(images, self._texts(texts)[index], normalize=False)
         self.counts.update(rows=len(scores), nan_scores=int(np.isnan(scores).sum()))
@@ -303,20 +296,16 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     scorer = _Scorer(section, workdir, scoring.read_classes(workdir), out_dir)
     processed = files.run_per_shard(shards, out_dir, scorer, desc="clip_score")
-    summary = {
+    fields = {
         "enabled": True,
         "model": section.model,
         "pretrained": section.pretrained,
         "source": section.source,
-        "class_text": section.class_text,
-        "shards": len(shards),
-        "shards_processed_now": processed,
         **{f"{k}_now": v for k, v in sorted(scorer.counts.items())},
-        "clip_score": scoring.score_stats(out_dir, "clip_score"),
     }
-    scoring.write_summary(out_dir, summary)
-    logging.info("clip_score: %s", json.dumps(summary))
-    return summary
+    return scoring.write_summary(
+        "clip_score", out_dir, section.class_text, shards, processed, fields
+    )
 
 
 if __name__ == "__main__":

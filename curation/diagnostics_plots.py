@@ -11,6 +11,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -20,8 +21,28 @@ _INTRA_SCATTER = "intra-class similarity per class (bars: intervals)"
 _TEXT_SCATTER = "median text score per class (bars: 25-75%)"
 
 
-def _save(figure: Figure, path: pathlib.Path) -> str:
-    """Writes the PNG; returns its file name (the report links it relative to its folder)."""
+def _axes(width: float, height: float) -> tuple[Figure, Axes]:
+    """A figure of `width` x `height` inches with one set of axes."""
+    figure = Figure(figsize=(width, height), layout="constrained")
+    return figure, figure.add_subplot()
+
+
+def _save(
+    figure: Figure,
+    ax: Axes,
+    path: pathlib.Path,
+    title: str,
+    xlabel: str,
+    ylabel: str | None = None,
+    legend: str = "best",
+) -> str:
+    """Labels the axes (and the legend at `legend`) and writes the PNG; returns its file name
+    (the report links it relative to its folder)."""
+    ax.set_xlabel(xlabel)
+    if ylabel is not None:
+        ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc=legend, fontsize=8)
     FigureCanvasAgg(figure)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, format="png", dpi=_DPI)
@@ -38,8 +59,7 @@ def histograms(
 ) -> str:
     """Overlaid step histograms normalized to densities, so series of different sizes (splits,
     datasets) compare by shape; the legend gives each series' n."""
-    figure = Figure(figsize=(7, 4.2), layout="constrained")
-    ax = figure.add_subplot()
+    figure, ax = _axes(7, 4.2)
     finite = {k: np.asarray(v, float)[np.isfinite(v)] for k, v in series.items()}
     pooled = np.concatenate([v for v in finite.values() if v.size] or [np.zeros(1)])
     edges = np.histogram_bin_edges(pooled, bins=bins)
@@ -47,11 +67,7 @@ def histograms(
         if values.size:
             label = f"{label} (n={values.size:,})"
             ax.hist(values, bins=edges, density=True, histtype="step", lw=1.6, label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(loc="best", fontsize=8)
-    return _save(figure, path)
+    return _save(figure, ax, path, title, xlabel, ylabel)
 
 
 def sorted_bands(
@@ -64,8 +80,7 @@ def sorted_bands(
     rank fraction (0..1, so datasets with different class counts overlay): the center line,
     shaded bands [`lo`, `hi`] and [`outer_lo`, `outer_hi`] where given, and `points` (e.g. the
     means) as dots."""
-    figure = Figure(figsize=(8, 4.5), layout="constrained")
-    ax = figure.add_subplot()
+    figure, ax = _axes(8, 4.5)
     for index, (label, curve) in enumerate(curves.items()):
         center = np.asarray(curve["center"], float)
         order = np.argsort(center, kind="stable")
@@ -78,11 +93,7 @@ def sorted_bands(
                 ax.fill_between(x, low, high, color=color, alpha=alpha, lw=0)
         if "points" in curve:
             ax.plot(x, np.asarray(curve["points"])[order], ".", color=color, ms=2.5)
-    ax.set_xlabel("classes, sorted (rank fraction)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(loc="best", fontsize=8)
-    return _save(figure, path)
+    return _save(figure, ax, path, title, "classes, sorted (rank fraction)", ylabel)
 
 
 def scatter_pairs(
@@ -96,8 +107,7 @@ def scatter_pairs(
 ) -> str:
     """One point per class shared by both datasets (A on x, B on y) with the y = x line, as in
     LAIONet's per-class comparison with ImageNet; `*_err` are (2, n) interval half-widths."""
-    figure = Figure(figsize=(5.5, 5.5), layout="constrained")
-    ax = figure.add_subplot()
+    figure, ax = _axes(5.5, 5.5)
     ax.errorbar(a, b, xerr=a_err, yerr=b_err, fmt="o", ms=3, lw=0.6, alpha=0.7, capsize=0)
     both = np.concatenate([a, b])
     both = both[np.isfinite(both)]
@@ -107,11 +117,7 @@ def scatter_pairs(
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_ylim(lo - pad, hi + pad)
     ax.set_aspect("equal")
-    ax.set_xlabel(labels[0])
-    ax.set_ylabel(labels[1])
-    ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8)
-    return _save(figure, path)
+    return _save(figure, ax, path, title, labels[0], labels[1], legend="upper left")
 
 
 def grouped_barh(
@@ -124,18 +130,14 @@ def grouped_barh(
     """Horizontal bars, one group per category (top to bottom in the given order), one bar per
     dataset within a group."""
     height = max(2.5, 0.28 * len(categories) * max(len(series), 1) + 1.2)
-    figure = Figure(figsize=(7, height), layout="constrained")
-    ax = figure.add_subplot()
+    figure, ax = _axes(7, height)
     y = np.arange(len(categories))[::-1]
     width = 0.8 / max(len(series), 1)
     for index, (label, values) in enumerate(series.items()):
         offset = (len(series) - 1) / 2 - index
         ax.barh(y + offset * width, values, height=width, label=label)
     ax.set_yticks(y, labels=list(categories), fontsize=8)
-    ax.set_xlabel(xlabel)
-    ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
-    return _save(figure, path)
+    return _save(figure, ax, path, title, xlabel, legend="lower right")
 
 
 # ---------------------------------------------------------------- the stage's figures

@@ -7,6 +7,7 @@ transformers, which load (through `curation.encoders`) only when a stage builds 
 
 from __future__ import annotations
 
+import json
 import pathlib
 import string
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from absl import logging
 
 from curation import files
 from curation.errors import CurationError
@@ -65,14 +67,15 @@ def read_classes(workdir: pathlib.Path) -> dict[str, dict[str, str]]:
 
 
 def class_texts(
-    wnids: Sequence[str],
-    lemmas: Sequence[str | None],
+    table: pa.Table,
     classes: dict[str, dict[str, str]],
     template: str,
     path: pathlib.Path,
 ) -> tuple[list[str], np.ndarray]:
-    """(distinct class texts, index into them per row): each (wnid, lemma) pair is formatted
-    once; `path` names the shard in the error for a wnid missing from the candidates."""
+    """(distinct class texts, index into them per row) of a shard's `wnid` and `lemma` columns:
+    each (wnid, lemma) pair is formatted once; `path` names the shard in the error for a wnid
+    missing from the candidates."""
+    wnids, lemmas = table["wnid"].to_pylist(), table["lemma"].to_pylist()
     pairs: dict[tuple[str, str | None], int] = {}
     index = np.fromiter(
         (pairs.setdefault(pair, len(pairs)) for pair in zip(wnids, lemmas, strict=True)),
@@ -124,10 +127,29 @@ def score_stats(out_dir: pathlib.Path, column: str) -> dict:
     return stats
 
 
-def write_summary(out_dir: pathlib.Path, summary: dict) -> None:
-    """Writes the stage's `out_dir/summary.json` (keys sorted)."""
+def write_summary(
+    stage: str,
+    out_dir: pathlib.Path,
+    class_text: str,
+    shards: Sequence[pathlib.Path],
+    processed: int,
+    fields: dict,
+) -> dict:
+    """The summary a scoring stage writes to `out_dir/summary.json` (keys sorted), logs and
+    returns: the stage's own `fields`, its class text template, how many shards it has and
+    scored now, and the statistics of its score column (named after the stage) over all its
+    outputs."""
+    summary = {
+        **fields,
+        "class_text": class_text,
+        "shards": len(shards),
+        "shards_processed_now": processed,
+        stage: score_stats(out_dir, stage),
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     files.write_json(out_dir / "summary.json", summary, sort_keys=True)
+    logging.info("%s: %s", stage, json.dumps(summary))
+    return summary
 
 
 def stage_inputs(in_dir: pathlib.Path, previous_stage: str) -> list[pathlib.Path]:

@@ -12,7 +12,6 @@ captions are batched by length on the GPU when there is one.
 
 from __future__ import annotations
 
-import json
 import pathlib
 from collections import Counter
 from collections.abc import Callable
@@ -132,13 +131,7 @@ class _Scorer:
     def __call__(self, shard: pathlib.Path) -> pa.Table:
         files.check_columns(shard, files.read_schema(shard), MATCH_COLUMNS)
         table = pq.read_table(shard)
-        texts, index = scoring.class_texts(
-            table["wnid"].to_pylist(),
-            table["lemma"].to_pylist(),
-            self.classes,
-            self.section.class_text,
-            shard,
-        )
+        texts, index = scoring.class_texts(table, self.classes, self.section.class_text, shard)
         captions = decode_utf8(table["caption"])[0].to_pylist()
         valid = np.array([c is not None for c in captions], dtype=bool)
         scores = np.full(len(captions), np.nan, np.float32)
@@ -160,19 +153,15 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     scorer = _Scorer(section, scoring.read_classes(workdir))
     out_dir = workdir / "text_score"
     processed = files.run_per_shard(shards, out_dir, scorer, desc="text_score")
-    summary = {
+    fields = {
         "encoder": section.encoder,
         "model": section.model if section.encoder == "mean_pool" else section.clip_model,
-        "class_text": section.class_text,
-        "shards": len(shards),
-        "shards_processed_now": processed,
         "rows_scored_now": scorer.counts["rows"],
         "null_captions_now": scorer.counts["null_captions"],
-        "text_score": scoring.score_stats(out_dir, "text_score"),
     }
-    scoring.write_summary(out_dir, summary)
-    logging.info("text_score: %s", json.dumps(summary))
-    return summary
+    return scoring.write_summary(
+        "text_score", out_dir, section.class_text, shards, processed, fields
+    )
 
 
 if __name__ == "__main__":

@@ -125,6 +125,22 @@ def torchvision_default_recipe(config: ml_collections.ConfigDict, *, lr: float) 
     config.schedule.epochs = 90
 
 
+def torchvision_resnet_config(model: str, arg: str | None) -> ml_collections.ConfigDict:
+    """torchvision's ResNet recipe, the same at every depth (`train.py --model resnet50` /
+    `resnet152`): its defaults at lr 0.1 per 256 images, BatchNorm over each GPU's 32 images.
+    Smoke runs shrink the net to one narrow block per stage."""
+    config, args = recipe_config(model, arg)
+    torchvision_default_recipe(config, lr=0.1)
+    reference_batchnorm(config, per_gpu_batch=32)
+    shrink_for_smoke(
+        config,
+        args,
+        image_size=32,
+        model_kwargs={"widths": (8, 16, 32, 64), "depths": (1, 1, 1, 1)},
+    )
+    return config
+
+
 def modern_recipe(
     config: ml_collections.ConfigDict,
     *,

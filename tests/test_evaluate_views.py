@@ -40,37 +40,38 @@ X_NAMES = tfds.builder_cls("imagenet2012")(data_dir="/nonexistent").info.feature
 Y_CLASSES = 6  # the LAIONet-like dataset's classes
 
 
-class FakeImagenetV2(tfds.builder_cls("imagenet_v2"), skip_registration=True):
+class _WritesExamples:
+    """Mixed into a TFDS builder (before it): its one split `split` holds `examples` (set by
+    `_build`), keyed by file name, instead of what the real builder downloads."""
+
+    split = "test"
+    examples: list[dict] = []
+
+    def _split_generators(self, dl_manager):
+        return {self.split: self._generate_examples()}
+
+    def _generate_examples(self):
+        for example in self.examples:
+            yield example["file_name"], example
+
+
+class FakeImagenetV2(_WritesExamples, tfds.builder_cls("imagenet_v2"), skip_registration=True):
     name = "imagenet_v2"
-    examples: list[dict] = []
-
-    def _split_generators(self, dl_manager):
-        return {"test": self._generate_examples()}
-
-    def _generate_examples(self):
-        for example in self.examples:
-            yield example["file_name"], example
 
 
-class FakeImagenetReal(tfds.builder_cls("imagenet2012_real"), skip_registration=True):
+class FakeImagenetReal(
+    _WritesExamples, tfds.builder_cls("imagenet2012_real"), skip_registration=True
+):
     name = "imagenet2012_real"
-    examples: list[dict] = []
-
-    def _split_generators(self, dl_manager):
-        return {"validation": self._generate_examples()}
-
-    def _generate_examples(self):
-        for example in self.examples:
-            yield example["file_name"], example
+    split = "validation"
 
 
 def fake_laionet(class_names: list[str]) -> type:
     """A LAIONet-like dataset builder: its own label space named by ImageNet WNIDs."""
 
-    class FakeLaionet(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    class FakeLaionet(_WritesExamples, tfds.core.GeneratorBasedBuilder, skip_registration=True):
         name = "laionet_fake"
         VERSION = tfds.core.Version("1.0.0")
-        examples: list[dict] = []
 
         def _info(self):
             features = {
@@ -81,13 +82,6 @@ def fake_laionet(class_names: list[str]) -> type:
             return tfds.core.DatasetInfo(
                 builder=self, features=tfds.features.FeaturesDict(features)
             )
-
-        def _split_generators(self, dl_manager):
-            return {"test": self._generate_examples()}
-
-        def _generate_examples(self):
-            for example in self.examples:
-                yield example["file_name"], example
 
     return FakeLaionet
 
