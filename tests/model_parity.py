@@ -128,6 +128,26 @@ def assert_logits_match(got: Any, expected: np.ndarray, tolerance: float = TOLER
     )
 
 
+def assert_same_logits(
+    torch_model: Any,
+    model: nnx.Module,
+    size: int,
+    *,
+    batch: int = 1,
+    train: bool = False,
+    seed: int = 0,
+) -> None:
+    """Both models in the same mode (train mode also updates both models' BN statistics) on
+    the same random batch of `size` px: the same logits."""
+    torch = pytest.importorskip("torch")
+    for m in (torch_model, model):
+        m.train() if train else m.eval()
+    x, x_torch = random_input((batch, size, size, 3), seed)
+    with torch.no_grad():
+        expected = torch_logits(torch_model(x_torch))
+    assert_logits_match(jit_logits(model, x), expected)
+
+
 def assert_eval_identity(
     name: str,
     size: int,

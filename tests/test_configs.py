@@ -16,6 +16,10 @@ from imagenot_jax.train import trainer
 from tests.conftest import REPO
 from tests.helpers import abstract_forward
 
+# End-to-end runs: see the fast_compile fixture.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
 CONFIG_DIR = REPO / "configs"
 # The ImageNot study's nine architectures, plus the ResNet-50 anchor.
 PAPER_MODELS = list(reference.PAPER_MODELS)

@@ -24,6 +24,10 @@ from tests.conftest import FAKE_FASHION_TEST, REPO
 
 import model_parity
 
+# End-to-end runs: see the fast_compile fixture.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
 torch = pytest.importorskip("torch")
 
 

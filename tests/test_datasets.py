@@ -15,6 +15,10 @@ from imagenot_jax.evaluate import evaluation
 from imagenot_jax.train import trainer
 from tests.conftest import REPO
 
+# End-to-end runs: see the fast_compile fixture.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
 STUDY_DATASETS = [
     "imagenot",
     "imagenet",

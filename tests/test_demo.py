@@ -7,8 +7,13 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 from tfds_imagenot.fashion_mnist_local.testing import write_fake_fashion_mnist
+
+# End-to-end runs: see the fast_compile fixture.
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _run_demo(*args: str) -> subprocess.CompletedProcess:

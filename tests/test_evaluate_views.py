@@ -34,6 +34,10 @@ from imagenot_jax.models import convert
 from imagenot_jax.train import steps, trainer
 from tests.conftest import REPO
 
+# End-to-end runs: see the fast_compile fixture.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
 N = 21  # examples per dataset; no multiple of the eval batch (8)
 NUM_X = 1000  # the model's classes: ImageNet's
 X_NAMES = tfds.builder_cls("imagenet2012")(data_dir="/nonexistent").info.features["label"].names

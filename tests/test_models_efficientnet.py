@@ -173,14 +173,7 @@ def v2_s_pair():
 
 
 def test_eval_forward_matches_torchvision(v2_s_pair):
-    torch = pytest.importorskip("torch")
-    torch_model, model = v2_s_pair
-    torch_model.eval()
-    model.eval()
-    x, x_torch = model_parity.random_input((1, 64, 64, 3))
-    with torch.no_grad():
-        expected = model_parity.torch_logits(torch_model(x_torch))
-    model_parity.assert_logits_match(model_parity.jit_logits(model, x), expected)
+    model_parity.assert_same_logits(*v2_s_pair, 64)
 
 
 def test_train_forward_and_running_stats_match_torchvision(v2_s_pair):
@@ -188,12 +181,7 @@ def test_train_forward_and_running_stats_match_torchvision(v2_s_pair):
     same logits, and every BN's running mean/var (momentum 0.1, unbiased var) as torch's."""
     torch = pytest.importorskip("torch")
     torch_model, model = v2_s_pair
-    torch_model.train()
-    model.train()
-    x, x_torch = model_parity.random_input((4, 64, 64, 3), seed=1)
-    with torch.no_grad():
-        expected = model_parity.torch_logits(torch_model(x_torch))
-    model_parity.assert_logits_match(model_parity.jit_logits(model, x), expected)
+    model_parity.assert_same_logits(torch_model, model, 64, batch=4, train=True, seed=1)
     checked = model_parity.assert_running_stats_match(model, torch_model)
     num_norms = sum(isinstance(m, torch.nn.BatchNorm2d) for m in torch_model.modules())
     assert checked == 2 * num_norms  # mean and var of each

@@ -112,14 +112,7 @@ def _pair() -> tuple:
 
 def test_eval_forward_matches_torchvision_smallest_size():
     """75 px, with transform_input=True (the default path is the zoo-wide identity test's)."""
-    torch = pytest.importorskip("torch")
-    torch_model, model = _pair()
-    torch_model.eval()
-    model.eval()
-    x, x_torch = model_parity.random_input((1, 75, 75, 3))
-    with torch.no_grad():
-        expected = model_parity.torch_logits(torch_model(x_torch))
-    model_parity.assert_logits_match(model_parity.jit_logits(model, x), expected)
+    model_parity.assert_same_logits(*_pair(), 75)
 
 
 def _distinct_batch(batch: int, size: int, channels: int = 3) -> tuple[np.ndarray, object]:

@@ -85,13 +85,7 @@ def _pair(name: str, size: int):
 
 
 def _assert_eval_identity(torch_model, model, size: int, batch: int = 2) -> None:
-    torch = pytest.importorskip("torch")
-    torch_model.eval()
-    model.eval()
-    x, x_torch = model_parity.random_input((batch, size, size, 3))
-    with torch.no_grad():
-        expected = model_parity.torch_logits(torch_model(x_torch))
-    model_parity.assert_logits_match(model_parity.jit_logits(model, x), expected)
+    model_parity.assert_same_logits(torch_model, model, size, batch=batch)
 
 
 @pytest.mark.parametrize(("name", "size"), [("vit_b_16", 64), ("vit_b_32", 64)])

@@ -21,6 +21,9 @@ from imagenot_jax.train import trainer
 from tests.conftest import REPO
 from tfds_imagenot.fashion_mnist_local.testing import write_fake_fashion_mnist
 
+# End-to-end runs: see the fast_compile fixture.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 
 def _load_suite_config(path: str) -> ml_collections.ConfigDict:
     spec = importlib.util.spec_from_file_location("suite_config", REPO / path)

@@ -23,6 +23,10 @@ from tests.conftest import FAKE_FASHION_TEST as N_TEST
 from tests.conftest import FAKE_FASHION_TRAIN as N_TRAIN
 from tests.helpers import checkpoint_steps, run_main, saved_state, tiny_config
 
+# End-to-end runs: see the fast_compile fixture.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
 # --- in-process: sharded training and evaluation ---------------------------------------------
 
 

@@ -18,6 +18,10 @@ from configs import alexnet, demo
 from imagenot_jax.train import sharding, steps, trainer
 from imagenot_jax.train.sharding import DATA_AXIS
 
+# End-to-end runs: see the fast_compile fixture.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
 NUM_CLASSES = 10
 
 

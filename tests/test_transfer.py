@@ -21,6 +21,10 @@ from imagenot_jax.train import sharding, trainer
 from tests.conftest import REPO
 from tests.helpers import saved_state, tiny_config
 
+# End-to-end runs: see the fast_compile fixture.
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
+
 PRETRAIN_STEPS = 3
 HEAD = {("fc", "kernel"), ("fc", "bias")}
 
