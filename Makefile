@@ -16,9 +16,9 @@ TEST_WORKERS ?= 2
 DEBIAN_PACKAGES := /usr/share/wordnet/data.noun:wordnet-base \
 	/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz:dataset-fashion-mnist
 
-.PHONY: demo test test-slow lint bench bench-curation bench-compile system-deps test-system-deps clean
+.PHONY: demo test test-slow lint check-extras bench bench-curation bench-compile system-deps test-system-deps clean
 
-demo: $(VENV)/.core system-deps
+demo: $(VENV)/.demo system-deps
 	$(PY) -m imagenot_jax.demo --config configs/demo.py --data_dir "$(TFDS_DATA_DIR)" \
 		--workdir "$(CURDIR)/.data/demo" \
 		--suite configs/suites/fashion_halves.py --suite_workdir "$(CURDIR)/.data/suite"
@@ -29,7 +29,7 @@ test: $(VENV)/.test test-system-deps
 test-slow: $(VENV)/.test test-system-deps
 	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) || [ $$? -eq 5 ]  # 5: none marked slow
 
-lint: $(VENV)/.core
+lint: $(VENV)/.lint
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 # Benchmarks compare against PyTorch, so they also need the curation extra (torch, torchvision).
@@ -56,15 +56,21 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 
-# Everything the tests and the demo use: JAX side, dataset building (TensorFlow), dev tools.
-$(VENV)/.core: pyproject.toml constraints.txt | $(PY)
-	$(INSTALL) -e '.[train,data,dev]'
+# What the demo uses and no more: the JAX side and dataset building (TensorFlow writes the
+# Fashion-MNIST halves). Not the `tfds` CLI's Beam and Croissant, nor dev tools.
+$(VENV)/.demo: pyproject.toml constraints.txt | $(PY)
+	$(INSTALL) -e '.[train,data]'
 	@touch $@
 
 # Tests also need the curation extra: models, optimizers, schedules, EMA and mixing are checked
-# against torch/torchvision on the spot (regular wheels, several GB, but they run on CPU).
-$(VENV)/.test: pyproject.toml constraints.txt $(VENV)/.core
-	$(INSTALL) -e '.[train,data,dev,curation,compile]'
+# against torch/torchvision on the spot (regular wheels, several GB, but they run on CPU); the
+# `tfds` CLI (curation's download -> tfds build test), deviceless compilation and W&B (offline).
+$(VENV)/.test: pyproject.toml constraints.txt | $(PY)
+	$(INSTALL) -e '.[train,data,tfds-cli,dev,curation,compile,wandb]'
+	@touch $@
+
+$(VENV)/.lint: pyproject.toml constraints.txt | $(PY)
+	$(INSTALL) ruff
 	@touch $@
 
 # Installs the Debian packages of a list (file that proves it is installed:package) when root,
@@ -91,6 +97,11 @@ system-deps:
 # The tests also open the HTML ranking report in a headless Chromium.
 test-system-deps:
 	$(call debian_packages,$(DEBIAN_PACKAGES) /usr/bin/chromium:chromium)
+
+# The extras this CPU machine does not install (gpu, tpu, gcs) resolved under constraints.txt:
+# pip prints what it would add; every such package must be pinned there.
+check-extras: | $(PY)
+	$(INSTALL) --dry-run -e '.[all,tpu]'
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .ruff_cache *.egg-info

@@ -17,17 +17,20 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from imagenot_jax import suite
+from imagenot_jax import config_files, suite
 from imagenot_jax.cli import define_compilation_cache_flag, run_command, run_user_command
 from imagenot_jax.data import input_pipeline
 from imagenot_jax.data.datasets import prepare_dataset
 from imagenot_jax.evaluate import evaluation
 from imagenot_jax.train import trainer
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Demo config file.")
+# Defaults resolved to the packaged files: the demo runs from any directory, installed or not.
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", config_files.resolve("demo"), "Demo config file."
+)
 _WORKDIR = flags.DEFINE_string("workdir", ".data/demo", "Training workdir.")
 _SUITE = config_flags.DEFINE_config_file(
-    "suite", "configs/suites/fashion_halves.py", "Suite run after the single-model demo."
+    "suite", config_files.resolve("suites/fashion_halves"), "Suite run after the single-model demo."
 )
 _SUITE_WORKDIR = flags.DEFINE_string("suite_workdir", ".data/suite", "The suite's directory.")
 _RUN_SUITE = flags.DEFINE_boolean("run_suite", True, "Run the suite after the demo.")
@@ -79,4 +82,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=config_files.flags_parser("config", "suite"))

@@ -1,4 +1,5 @@
-"""Train a model: `python -m imagenot_jax.main --config configs/<name>.py[:arg] --workdir DIR`.
+"""Train a model: `python -m imagenot_jax.main --config configs/<name>.py[:arg] --workdir DIR`
+(installed: `imagenot-train --config <name>[:arg] --workdir DIR`).
 
 Override any config field from the command line: `--config.optim.lr=0.2`. An existing workdir
 resumes from its latest checkpoint.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
+from imagenot_jax import config_files
 from imagenot_jax.cli import define_compilation_cache_flag, run_command
 from imagenot_jax.train import trainer
 
@@ -29,4 +31,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    app.run(main, flags_parser=config_files.flags_parser("config"))
