@@ -162,3 +162,14 @@ def test_cli_ranks_a_table_and_exits_2_on_a_bad_one(workdirs, tmp_path):
     assert lines[-1] == f"error: {tmp_path / 'bad.csv'}: line 2, column top1: 'x' is not a " + (
         "non-negative number"
     )
+
+
+def test_spreadsheet_csv_headers(tmp_path):
+    """A byte-order mark, capitalised headers, spaces and extra columns are accepted."""
+    path = tmp_path / "sheet.csv"
+    path.write_text("\ufeffModel, Top1 ,Params\nalexnet, 0.565 ,61M\nvgg19,0.724,143M\n")
+    table = ranking.load_result_set(str(path))
+    assert {m: r.metrics for m, r in table.models.items()} == {
+        "alexnet": {"top1": 0.565},
+        "vgg19": {"top1": 0.724},
+    }

@@ -35,7 +35,7 @@ def is_table(path: str) -> bool:
     or {"rows": [...]} (an eval JSON of imagenot_jax.evaluate is an object with a `model`)."""
     p = epath.Path(path)
     if p.suffix == ".csv":
-        return True
+        return not p.is_dir()
     if p.suffix != ".json" or not p.is_file():
         return False
     try:
@@ -49,7 +49,7 @@ def _rows(path: epath.Path) -> list[tuple[str, dict[str, Any]]]:
     """(where, row with lower-case keys) of every row; `where` names the row in messages."""
     if not path.exists():
         raise MissingInputError(f"{path}: not found (expected a results table)")
-    text = path.read_text()
+    text = path.read_text().removeprefix("\ufeff")  # a spreadsheet's byte-order mark
     if path.suffix == ".csv":
         reader = csv.DictReader(io.StringIO(text))
         if not reader.fieldnames:
