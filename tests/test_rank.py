@@ -249,17 +249,21 @@ MODELS = {"alexnet": (0.4, 0.3), "vgg19": (0.55, 0.4), "resnet152": (0.65, 0.52)
           "vit_b_16": (0.7, 0.5), "convnext_large": (0.8, 0.62)}  # fmt: skip
 
 
-@pytest.fixture
-def workdirs(tmp_path):
+def make_workdirs(root) -> list[str]:
     """Five training workdirs, each evaluated on two datasets (fake/a older, fake/b newer)."""
     dirs = []
     for k, (model, (acc_a, acc_b)) in enumerate(MODELS.items()):
-        workdir = tmp_path / "runs" / model
+        workdir = root / "runs" / model
         write_eval(workdir, model, acc_a, dataset="fake/a", seed=k)
         path = write_eval(workdir, model, acc_b, dataset="fake/b", seed=10 + k)
         os.utime(path, (2e9, 2e9))  # the newest
         dirs.append(str(workdir))
     return dirs
+
+
+@pytest.fixture
+def workdirs(tmp_path):
+    return make_workdirs(tmp_path)
 
 
 def test_workdirs_pick_the_newest_eval_or_the_filtered_one(workdirs):
@@ -363,23 +367,28 @@ def test_html_report_is_self_contained(workdirs, tmp_path):
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_html_report_renders_in_headless_chromium(workdirs, tmp_path):
+def chromium_dom(page) -> str:
+    """The DOM of an HTML file as headless Chromium renders it (skips without a browser)."""
     browser = next(
         filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None
     )
     if browser is None:
         pytest.skip("no headless browser: apt-get install chromium")
-    out = tmp_path / "out"
-    ranking.compare(*(ranking.load_result_set(workdirs, dataset=d) for d in ("fake/a", "fake/b")),
-                 str(out), bootstrap=50)  # fmt: skip
     result = subprocess.run(
-        [browser, "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom",
-         (out / "report.html").as_uri()],
+        [browser, "--headless", "--disable-gpu", "--no-sandbox", "--dump-dom", page.as_uri()],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.count('<img alt="') == 3
-    assert result.stdout.count('src="data:image/png;base64,') == 3
+    return result.stdout
+
+
+def test_html_report_renders_in_headless_chromium(workdirs, tmp_path):
+    out = tmp_path / "out"
+    ranking.compare(*(ranking.load_result_set(workdirs, dataset=d) for d in ("fake/a", "fake/b")),
+                 str(out), bootstrap=50)  # fmt: skip
+    dom = chromium_dom(out / "report.html")
+    assert dom.count('<img alt="') == 3
+    assert dom.count('src="data:image/png;base64,') == 3
 
 
 # --- bad inputs -----------------------------------------------------------------------------

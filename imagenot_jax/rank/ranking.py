@@ -1,18 +1,27 @@
-"""Do architectures rank the same on two datasets? Compare two result sets A and B.
+"""Do architectures rank the same on different datasets? Compare result sets.
 
     python -m imagenot_jax.rank --a torchvision-imagenet1k --b W1,W2,... --out report/ \\
         [--base alexnet] [--metric top1|top5|mean_per_class_recall] [--bootstrap 1000] \\
         [--dataset D --split S | --b_dataset D --b_split S] [--a_label L --b_label L]
+    python -m imagenot_jax.rank --set ImageNet=torchvision-imagenet1k --set ImageNot='runs/*' \\
+        --set ImageNetV2=published/imagenetv2.csv ... --out report/ [--base ...] [--metric ...]
 
-A result set is the built-in table `torchvision-imagenet1k` (published IMAGENET1K_V1 accuracies)
-or a list of paths (comma-separated or repeated flags; shell-style globs are expanded): training
-workdirs (their newest `eval/*.json`, or the newest one matching --dataset/--split), eval JSON
-files of `imagenot_jax.evaluate`, each optionally as `name=path` to name a run (models are
-matched across sets by name, by default the JSON's `model`). The comparison covers the models
-present in both sets: rankings, Kendall tau-b and Spearman rho with p-values and bootstrap
-intervals over test examples, discordant pairs and each pair's flip probability, relative
-improvements over the base model, accuracy-on-the-line fits and Clopper-Pearson intervals.
-It writes ranking.json, report.md, report.html (self-contained) and PNG figures to --out.
+A result set is the built-in table `torchvision-imagenet1k` (published IMAGENET1K_V1 accuracies),
+a table file of published results (`[label=]table.csv` or `.json`: columns model, top1[, top5]
+[, n][, year]; accuracies in percent if any value of the column is above 1, else fractions; no
+`n`, no interval; see tables.py and docs/rank.md) or a list of paths (comma-separated or repeated
+flags; shell-style globs are expanded): training workdirs (their newest `eval/*.json`, or the
+newest one matching --dataset/--split), eval JSON files of `imagenot_jax.evaluate`, each
+optionally as `name=path` to name a run (models are matched across sets by name, by default the
+JSON's `model`, a table's `model` column).
+
+--a/--b compare two sets: the models present in both, rankings, Kendall tau-b and Spearman rho
+with p-values and bootstrap intervals over test examples, discordant pairs and each pair's flip
+probability, relative improvements over the base model, accuracy-on-the-line fits and
+Clopper-Pearson intervals. A repeated --set LABEL=SPEC (instead of --a/--b) compares two or more
+sets over the models present in all of them (nway.py): the pairwise tau/rho matrix, every pair's
+statistics and one relative-improvement figure of every set. Either writes ranking.json,
+report.md, report.html (self-contained) and PNG figures to --out.
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from etils import epath
 from imagenot_jax.cli import run_command
 from imagenot_jax.errors import MissingInputError, UserError
 from imagenot_jax.evaluate.metrics import clopper_pearson
-from imagenot_jax.rank import reference, report, stats
+from imagenot_jax.rank import reference, report, stats, tables
 
 METRICS = ("top1", "top5", "mean_per_class_recall")
 
@@ -43,7 +52,7 @@ class ModelResult:
     name: str  # the name models are matched by across sets
     model: str  # the architecture (the eval JSON's `model`)
     metrics: dict[str, float]  # fractions in [0, 1], for the metrics the source has
-    n: int  # evaluated examples
+    n: int | None  # evaluated examples (None: a published table without n, no interval)
     correct: int | None  # top-1 hits, where the source gives them
     dataset: str
     split: str | None
@@ -59,6 +68,7 @@ class ResultSet:
     models: dict[str, ModelResult]
     label: str  # default label: the datasets' names
     reference: str | None = None  # the built-in table's name, if this is one
+    table: str | None = None  # the results table file, if this is one
     notes: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -148,9 +158,11 @@ def _expand(item: str) -> list[tuple[str | None, epath.Path]]:
         return [(name, epath.Path(p)) for p in paths]
     if not epath.Path(path).exists():
         known = ", ".join(reference.REFERENCE_SETS)
-        if "/" not in path and not path.endswith(".json"):
+        if "/" not in path and not path.endswith(tables.TABLE_SUFFIXES):
             raise UserError(f"unknown result set {path!r}: not a path nor a table ({known})")
-        raise MissingInputError(f"{path}: not found (expected a workdir, an eval JSON or {known})")
+        raise MissingInputError(
+            f"{path}: not found (expected a workdir, an eval JSON, a results table or {known})"
+        )
     return [(name, epath.Path(path))]
 
 
@@ -158,9 +170,10 @@ def load_result_set(
     spec: str | list[str], metric: str = "top1", *, dataset: str | None = None,
     split: str | None = None,
 ) -> ResultSet:  # fmt: skip
-    """A result set from a spec: a built-in table's name, or paths (a list, or one string of
-    comma-separated ones) of workdirs and eval JSONs, each optionally `name=path`. `dataset`
-    and `split` choose among a workdir's eval results (default: its newest)."""
+    """A result set from a spec: a built-in table's name, a results table file (`[label=]path`
+    of a .csv or .json table, see tables.py), or paths (a list, or one string of comma-separated
+    ones) of workdirs and eval JSONs, each optionally `name=path`. `dataset` and `split` choose
+    among a workdir's eval results (default: its newest)."""
     if metric not in METRICS:
         raise UserError(f"unknown metric {metric!r}; expected one of {', '.join(METRICS)}")
     parts = [spec] if isinstance(spec, str) else spec
@@ -174,6 +187,13 @@ def load_result_set(
         if metric not in next(iter(result_set.models.values())).metrics:
             raise UserError(f"{items[0]} has no {metric}; use --metric top1 or top5")
         return result_set
+    named = [
+        (s.split("=", 1) if "=" in s and not epath.Path(s).exists() else (None, s)) for s in items
+    ]
+    if any(tables.is_table(path) for _, path in named):
+        if len(items) > 1:
+            raise UserError(f"a results table cannot be mixed with other paths: {items}")
+        return tables.load_table(named[0][1], metric, label=named[0][0])
     models: dict[str, ModelResult] = {}
     for name, path in (entry for item in items for entry in _expand(item)):
         json_path = _pick_eval(path, dataset, split) if path.is_dir() else path
@@ -208,8 +228,8 @@ def per_example(
 ) -> tuple[stats.PerExample | None, str | None]:
     """The side's outcomes aligned on the examples every model was evaluated on (by key), or
     None and why not (then the side's accuracies are held fixed in the bootstrap)."""
-    if result_set.reference:
-        return None, f"{result_set.reference} has no per-example outcomes"
+    if result_set.reference or result_set.table:
+        return None, f"{result_set.reference or result_set.table} has no per-example outcomes"
     missing = [n for n in names if result_set.models[n].examples is None]
     if missing:
         return None, f"no .examples.npz for {', '.join(missing)}"
@@ -273,7 +293,12 @@ def _check_models(a: ResultSet, b: ResultSet, labels: dict, base: str, metric: s
 
 def _describe(result_set: ResultSet, label: str, names: list[str]) -> dict:
     datasets = sorted({result_set.models[n].dataset for n in names})
-    return {"label": label, "reference": result_set.reference, "datasets": datasets}
+    return {
+        "label": label,
+        "reference": result_set.reference,
+        "table": result_set.table,
+        "datasets": datasets,
+    }
 
 
 def _side(
@@ -281,13 +306,13 @@ def _side(
     k: int,
 ) -> dict:  # fmt: skip
     acc = result.metrics[metric]
-    hits = round(acc * result.n)
+    hits = None if result.n is None else round(acc * result.n)
     if metric == "top1" and result.correct is not None:
         hits = result.correct
     return {
         "accuracy": acc,
         "n": result.n,
-        "ci95": clopper_pearson(hits, result.n),
+        "ci95": None if hits is None else clopper_pearson(hits, result.n),
         "bootstrap_ci95": None if draws is None else stats.percentile_interval(draws[:, k]),
         "rank": rank,
         "relative_improvement": relative,
@@ -297,23 +322,36 @@ def _side(
     }
 
 
+def bootstrap_draws(
+    sets: dict[str, ResultSet], names: list[str], metric: str, draws: int, seed: int,
+    display: dict[str, str],
+) -> tuple[dict[str, np.ndarray | None], dict, list[str]]:  # fmt: skip
+    """Per-draw accuracies (draws, models) of each set resampled over its test examples, None
+    for a set held fixed (no per-example outcomes); the summary; notes naming sets by
+    `display`. Set k (in dict order) draws from the k-th child of the seed's generator, so a
+    set's draws depend only on the seed and its position."""
+    generators = dict(zip(sets, np.random.default_rng(seed).spawn(len(sets)), strict=True))
+    samples, summary, notes = {}, {"draws": draws, "seed": seed, "method": "percentile"}, []
+    summary["resampled"], summary["examples"] = {}, {}
+    for key, result_set in sets.items():
+        data, why = per_example(result_set, names, metric) if draws > 0 else (None, None)
+        samples[key] = None
+        if data is not None:
+            samples[key] = stats.bootstrap_accuracies(data, draws, generators[key])
+        summary["resampled"][key] = data is not None
+        summary["examples"][key] = None if data is None else int(data.correct.shape[0])
+        if why:
+            held = "resampled over" if data is not None else "accuracies held fixed:"
+            notes.append(f"bootstrap, set {display[key]}: {held} {why}")
+    return samples, summary, notes
+
+
 def _bootstrap(
     sets: dict[str, ResultSet], names: list[str], acc: dict, metric: str, draws: int, seed: int
 ) -> tuple[dict, dict, list[str]]:
     """Per-draw accuracies of each side (None where held fixed), the summary, and notes."""
-    generators = dict(zip("ab", np.random.default_rng(seed).spawn(2), strict=True))
-    samples, summary, notes = {}, {"draws": draws, "seed": seed, "method": "percentile"}, []
-    summary["resampled"], summary["examples"] = {}, {}
-    for side, result_set in sets.items():
-        data, why = per_example(result_set, names, metric) if draws > 0 else (None, None)
-        samples[side] = None
-        if data is not None:
-            samples[side] = stats.bootstrap_accuracies(data, draws, generators[side])
-        summary["resampled"][side] = data is not None
-        summary["examples"][side] = None if data is None else int(data.correct.shape[0])
-        if why:
-            held = "resampled over" if data is not None else "accuracies held fixed:"
-            notes.append(f"bootstrap, set {side.upper()}: {held} {why}")
+    display = {side: side.upper() for side in sets}
+    samples, summary, notes = bootstrap_draws(sets, names, metric, draws, seed, display)
     if all(s is None for s in samples.values()):
         why = "--bootstrap 0" if draws <= 0 else "neither set has per-example outcomes"
         notes.append(f"no bootstrap intervals: {why}")
@@ -390,8 +428,13 @@ def compare(
 
 def define_flags() -> None:
     """Flags of the command line (defined only under __main__, see evaluation.py)."""
-    flags.DEFINE_multi_string("a", None, "Result set A: torchvision-imagenet1k or paths.")
-    flags.DEFINE_multi_string("b", None, "Result set B: torchvision-imagenet1k or paths.")
+    sets = "torchvision-imagenet1k, a results table ([label=]table.csv/.json) or paths"
+    flags.DEFINE_multi_string("a", None, f"Result set A: {sets}.")
+    flags.DEFINE_multi_string("b", None, f"Result set B: {sets}.")
+    flags.DEFINE_multi_string(
+        "set", None, f"LABEL=SPEC, repeated: two or more result sets (SPEC: {sets}) compared "
+        "over the models in all of them; instead of --a/--b.",
+    )  # fmt: skip
     flags.DEFINE_string("out", None, "Output directory of ranking.json, reports and figures.")
     flags.DEFINE_string("base", "alexnet", "Base model of the relative improvements.")
     flags.DEFINE_enum("metric", "top1", list(METRICS), "Accuracy metric compared.")
@@ -400,10 +443,13 @@ def define_flags() -> None:
     flags.DEFINE_string("a_label", None, "Name of set A in the report (default: its datasets).")
     flags.DEFINE_string("b_label", None, "Name of set B in the report (default: its datasets).")
     for side in ("", "a_", "b_"):
-        which = f"set {side[0].upper()}'s" if side else "both sets'"
+        which = f"set {side[0].upper()}'s" if side else "every set's"
         flags.DEFINE_string(f"{side}dataset", None, f"Dataset of {which} workdir evals.")
         flags.DEFINE_string(f"{side}split", None, f"Split of {which} workdir evals.")
-    flags.mark_flags_as_required(["a", "b", "out"])
+    flags.mark_flags_as_required(["out"])
+
+
+_TWO_SET_FLAGS = ("a", "b", "a_label", "b_label", "a_dataset", "a_split", "b_dataset", "b_split")
 
 
 def main(argv: list[str]) -> None:
@@ -415,12 +461,20 @@ def main(argv: list[str]) -> None:
         return load_result_set(options[side].value, options.metric, dataset=dataset, split=split)
 
     def run() -> None:
-        result = compare(
-            load("a"), load("b"), options.out, base=options.base, metric=options.metric,
-            bootstrap=options.bootstrap, seed=options.seed, a_label=options.a_label,
-            b_label=options.b_label,
-        )  # fmt: skip
-        print(report.format_summary(result))
+        if options.set:
+            from imagenot_jax.rank import nway  # nway imports this module
+
+            result = nway.run_flags(options, _TWO_SET_FLAGS)
+            print(nway.nway_report.format_summary(result))
+        elif options.a is None or options.b is None:
+            raise UserError("give two result sets with --a and --b, or two or more with --set")
+        else:
+            result = compare(
+                load("a"), load("b"), options.out, base=options.base, metric=options.metric,
+                bootstrap=options.bootstrap, seed=options.seed, a_label=options.a_label,
+                b_label=options.b_label,
+            )  # fmt: skip
+            print(report.format_summary(result))
         print(f"wrote {', '.join(result['files'])} to {options.out}")
 
     run_command(argv, run)  # compiles nothing: no JAX cache

@@ -110,8 +110,9 @@ def relative_improvement_figure(result: dict) -> Figure:
 
 
 def _errors(models: list[dict], side: str) -> np.ndarray:
+    """Clopper-Pearson error bars; none for a model without an interval (a table without n)."""
     acc = np.array([m[side]["accuracy"] for m in models])
-    ci = np.array([m[side]["ci95"] for m in models])
+    ci = np.array([m[side]["ci95"] or (m[side]["accuracy"],) * 2 for m in models])
     return np.abs(np.stack([acc - ci[:, 0], ci[:, 1] - acc]))
 
 
@@ -205,6 +206,8 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
 
 
 def _accuracy_cell(side: dict) -> str:
+    if not side["ci95"]:  # a published table without n
+        return _percent(side["accuracy"])
     low, high = side["ci95"]
     return f"{_percent(side['accuracy'])} [{_percent(low)}, {_percent(high)}]"
 
@@ -260,7 +263,7 @@ def _blocks(result: dict) -> list[tuple]:
             f"Metric: {metric}. {len(result['models'])} models in both sets; base model of "
             f"the relative improvements: {base}. Bootstrap: {boot['draws']} draws "
             f"(seed {boot['seed']}) over the test examples of {resampled}; 95% percentile "
-            "intervals. Accuracy intervals are Clopper-Pearson 95%.",
+            "intervals. Accuracy intervals are Clopper-Pearson 95% (none without n).",
         ),
         ("h2", "Rank correlation"),
         ("table", ["statistic", "value", "95% bootstrap interval", "p-value"], stats_rows),
