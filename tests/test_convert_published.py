@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -132,3 +133,46 @@ def test_published_config_keeps_the_weights_eval_transform(tmp_path, monkeypatch
     assert (config.input.eval_resize, config.input.eval_crop) == (480, 480)
     assert list(config.input.mean) == list(config.input.std) == [127.5] * 3
     assert config.model.name == "efficientnet_v2_l" and config.optim.ema_decay is None
+
+
+# --- docs/published_weights.md: its commands use flags that exist --------------------------
+
+DOCS = REPO / "docs" / "published_weights.md"
+FLAG_OWNERS = {  # entry point -> the module whose define_flags() defines its flags
+    "imagenot_jax.models.convert": "imagenot_jax.models.convert",
+    "imagenot_jax.evaluate": "imagenot_jax.evaluate.evaluation",
+    "imagenot_jax.rank": "imagenot_jax.rank.ranking",
+}
+PARSE = """
+import importlib, json, sys
+from absl import flags
+importlib.import_module(sys.argv[1]).define_flags()
+for argv in json.loads(sys.argv[2]):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["prog", *argv])  # unknown flags, bad values, missing required ones: raise
+"""
+
+
+def _doc_commands() -> list[list[str]]:
+    """Every shell command of the doc's code blocks, continuation lines joined, split."""
+    blocks = DOCS.read_text().split("```bash\n")[1:]
+    text = "\n".join(block.split("```", 1)[0] for block in blocks).replace("\\\n", " ")
+    return [shlex.split(line) for line in text.splitlines() if line.strip()]
+
+
+def test_the_docs_commands_parse_and_cover_the_nine_models():
+    commands = _doc_commands()
+    loop = next(c for c in commands if c[:3] == ["for", "m", "in"])
+    assert [m.rstrip(";") for m in loop[3 : loop.index("do")]] == list(PAPER_MODELS)
+    by_module: dict[str, list[list[str]]] = {}
+    for command in commands:
+        start = command.index("python") if "python" in command else None
+        if start is not None and command[start + 1] == "-m":
+            by_module.setdefault(command[start + 2], []).append(command[start + 3 :])
+    assert sorted(by_module) == sorted(FLAG_OWNERS)
+    for entry, argvs in by_module.items():
+        run = subprocess.run(
+            [sys.executable, "-c", PARSE, FLAG_OWNERS[entry], json.dumps(argvs)],
+            cwd=REPO, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert run.returncode == 0, f"{entry}: {run.stderr[-1500:]}"
