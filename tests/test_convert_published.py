@@ -20,7 +20,7 @@ from flax import nnx
 from imagenot_jax.errors import UserError
 from imagenot_jax.evaluate.evaluation import load_run_config
 from imagenot_jax.models import convert, torchvision_weights
-from imagenot_jax.rank.reference import PAPER_MODELS
+from imagenot_jax.rank.reference import PAPER_MODELS, TORCHVISION_IMAGENET1K
 from imagenot_jax.train import checkpoint, sharding, trainer
 from tests.conftest import REPO
 
@@ -107,8 +107,28 @@ def test_all_study_models_offline_lists_every_missing_file(tmp_path):
     checkpoints = tmp_path / "empty" / "hub" / "checkpoints"
     for weights in convert.study_weights():
         assert f"{weights.name}: {weights.url} -> {checkpoints}/" in line
+    # The weights are the reference table's: the same published accuracies.
     assert [w.model for w in convert.study_weights()] == list(PAPER_MODELS)
+    for weights in convert.study_weights():
+        row = TORCHVISION_IMAGENET1K[weights.model]
+        assert weights.name.endswith(f".{row.weights}")
+        assert weights.metrics["ImageNet-1K"] == {"acc@1": row.acc1, "acc@5": row.acc5}
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_two_sources_and_checks_outputs_before_any_download(tmp_path):
+    both = _convert(
+        tmp_path, "--weights", "ResNet18_Weights.DEFAULT", "--torch_weights=x.pth", "--out=wd"
+    )
+    assert both.returncode == 2
+    assert "exactly one of --weights" in both.stderr.strip().splitlines()[-1]
+    (tmp_path / "out" / "vgg19" / "checkpoints").mkdir(parents=True)
+    again = _convert(tmp_path / "empty", "--all_study_models", f"--out={tmp_path / 'out'}")
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'out' / 'vgg19'}: already converted; choose a new --out"
+    )
+    assert "Downloading" not in again.stdout + again.stderr
 
 
 def test_names_resolve_with_default_and_unknown_ones_list_close_matches(tmp_path, monkeypatch):
