@@ -163,12 +163,12 @@ def fetch(weights: PublishedWeights, *, progress: bool = True) -> str:
     return weights.cache_path
 
 
-def fetch_all(names: list[PublishedWeights], *, progress: bool = True) -> list[str]:
+def fetch_all(entries: list[PublishedWeights], *, progress: bool = True) -> list[str]:
     """`fetch` of every entry; one DownloadError listing every file that could not be had."""
     paths: list[str] = []
     missing: list[PublishedWeights] = []
     reasons: set[str] = set()
-    for weights in names:
+    for weights in entries:
         try:
             paths.append(fetch(weights, progress=progress))
         except DownloadError as err:
@@ -176,7 +176,7 @@ def fetch_all(names: list[PublishedWeights], *, progress: bool = True) -> list[s
             reasons |= err.reasons
     if missing:
         raise DownloadError(
-            f"{len(missing)} of {len(names)} weights files are not in torch hub's cache and "
+            f"{len(missing)} of {len(entries)} weights files are not in torch hub's cache and "
             f"could not be downloaded ({'; '.join(sorted(reasons))}): "
             + "; ".join(f"{w.name}: {w.download_hint()}" for w in missing)
             + " (set TORCH_HOME to move the cache), or convert local copies one by one with "
