@@ -4,6 +4,7 @@ two-set compare, the combined figure, the HTML in headless Chromium and the --se
 from __future__ import annotations
 
 import json
+import pathlib
 
 import numpy as np
 import pytest
@@ -154,3 +155,46 @@ def test_cli_sets(tmp_path):
         bad = _run_cli(*args, f"--out={out}")
         assert bad.returncode == 2, bad.stderr
         assert bad.stderr.strip().splitlines()[-1].startswith(message), bad.stderr
+
+
+def test_real_set_ranked_by_real_top1_beside_top1_sets(tmp_path):
+    """ImageNet val, V2 and ReaL from the same workdirs: ReaL's eval JSONs carry real_top1 over
+    real_n, ranked as the others' top1 (--set_metric), held fixed in the bootstrap."""
+    workdirs = make_workdirs(tmp_path)
+    real = {
+        "alexnet": 0.45,
+        "vgg19": 0.62,
+        "resnet152": 0.7,
+        "vit_b_16": 0.69,
+        "convnext_large": 0.85,
+    }
+    for k, workdir in enumerate(workdirs):
+        model = pathlib.Path(workdir).name
+        path = write_eval(pathlib.Path(workdir), model, 0.5, dataset="imagenet2012_real", seed=k)
+        record = json.loads(path.read_text())
+        record.update(real_top1=real[model], real_n=280)
+        path.write_text(json.dumps(record))
+    real_glob = str(tmp_path / "runs" / "*" / "eval" / "imagenet2012_real-*.json")
+    a_glob = str(tmp_path / "runs" / "*" / "eval" / "fake_a-*.json")
+    out = tmp_path / "out"
+    result = _run_cli(f"--set=ImageNet={a_glob}", f"--set=ReaL={real_glob}",
+                      "--set_metric=ReaL=real_top1", f"--out={out}", "--bootstrap=50")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.loads((out / "ranking.json").read_text())
+    accuracy = {m["name"]: m["sets"]["ReaL"]["accuracy"] for m in saved["models"]}
+    assert accuracy == real
+    assert {m["sets"]["ReaL"]["n"] for m in saved["models"]} == {280}
+    assert any(n.startswith("ReaL: ranked by real_top1 (as top1)") for n in saved["notes"])
+    acc = np.array(
+        [[m["sets"][s]["accuracy"] for s in ("ImageNet", "ReaL")] for m in saved["models"]]
+    )
+    tau = stats.kendalltau(acc[:, 0], acc[:, 1]).statistic
+    assert saved["matrix"]["kendall_tau_b"]["value"][0][1] == pytest.approx(tau)
+    bad = _run_cli(f"--set=A={a_glob}", f"--set=B={real_glob}", "--set_metric=C=real_top1",
+                   f"--out={out}")  # fmt: skip
+    assert bad.returncode == 2
+    assert "error: --set_metric 'C=real_top1': no --set labelled 'C'" in bad.stderr
+    # Without real_n the JSON is no ReaL evaluation: one line naming the file and field.
+    plain = _run_cli(f"--set=A={a_glob}", f"--set=B={a_glob}", "--set_metric=B=real_top1",
+                     f"--out={out}")  # fmt: skip
+    assert plain.returncode == 2 and "no 'real_n' field" in plain.stderr

@@ -15,6 +15,7 @@ accuracy on the first set (see docs/rank.md).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from typing import Any
@@ -249,18 +250,46 @@ def parse_set_flags(values: list[str]) -> list[tuple[str, str]]:
     return parsed
 
 
+def parse_set_metrics(values: list[str], labels: list[str]) -> dict[str, str]:
+    """{label: metric} of each --set_metric LABEL=METRIC."""
+    parsed = {}
+    for value in values:
+        label, _, metric = (part.strip() for part in value.partition("="))
+        if label not in labels:
+            raise UserError(f"--set_metric {value!r}: no --set labelled {label!r} ({labels})")
+        if metric not in METRICS:
+            raise UserError(f"--set_metric {value!r}: metric must be one of {', '.join(METRICS)}")
+        parsed[label] = metric
+    return parsed
+
+
+def ranked_as(result_set: ResultSet, metric: str, as_metric: str, label: str) -> ResultSet:
+    """The set with its `metric` compared as the others' `as_metric` (ReaL's real_top1 beside
+    top-1 sets); its per-example outcomes (of another metric) are dropped: held fixed."""
+    if metric == as_metric:
+        return result_set
+    models = {
+        name: dataclasses.replace(r, metrics={as_metric: r.metrics[metric]}, examples=None)
+        for name, r in result_set.models.items()
+    }
+    note = f"{label}: ranked by {metric} (as {as_metric}), held fixed in the bootstrap"
+    return dataclasses.replace(result_set, models=models, notes=[*result_set.notes, note])
+
+
 def run_flags(options: Any, two_set_flags: tuple[str, ...]) -> dict:
     """The --set form of the command line: loads each LABEL=SPEC and compares them."""
     mixed = [f"--{f}" for f in two_set_flags if options[f].value is not None]
     if mixed:
         raise UserError(f"--set cannot be mixed with {', '.join(mixed)}; use one form")
     sets = {}
-    for label, spec in parse_set_flags(options.set):
+    parsed = parse_set_flags(options.set)
+    set_metrics = parse_set_metrics(options.set_metric or [], [label for label, _ in parsed])
+    for label, spec in parsed:
         if "=" not in spec and "," not in spec and tables.is_table(spec):
             spec = f"{label}={spec}"  # the set's label names the table in notes too
-        sets[label] = load_result_set(
-            spec, options.metric, dataset=options.dataset, split=options.split
-        )
+        metric = set_metrics.get(label, options.metric)
+        loaded = load_result_set(spec, metric, dataset=options.dataset, split=options.split)
+        sets[label] = ranked_as(loaded, metric, options.metric, label)
     return compare_sets(
         sets, options.out, base=options.base, metric=options.metric,
         bootstrap=options.bootstrap, seed=options.seed,

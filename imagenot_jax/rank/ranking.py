@@ -42,7 +42,8 @@ from imagenot_jax.errors import MissingInputError, UserError
 from imagenot_jax.evaluate.metrics import clopper_pearson
 from imagenot_jax.rank import reference, report, stats, tables
 
-METRICS = ("top1", "top5", "mean_per_class_recall")
+# real_top1: ImageNet-ReaL multi-label accuracy (evaluations of imagenet2012_real), over real_n.
+METRICS = ("top1", "top5", "mean_per_class_recall", "real_top1")
 
 
 @dataclasses.dataclass
@@ -124,7 +125,8 @@ def _pick_eval(directory: epath.Path, dataset: str | None, split: str | None) ->
 
 def _load_eval(name: str | None, path: epath.Path, metric: str) -> ModelResult:
     record = _read_json(path)
-    for field in ("n", metric):
+    n_field = "real_n" if metric == "real_top1" else "n"  # ReaL: images with real labels
+    for field in (n_field, metric):
         if field not in record:
             raise UserError(f"{path}: no {field!r} field")
     examples = path.parent / f"{path.name.removesuffix('.json')}.examples.npz"
@@ -132,8 +134,8 @@ def _load_eval(name: str | None, path: epath.Path, metric: str) -> ModelResult:
         name=name or str(record["model"]),
         model=str(record["model"]),
         metrics={m: float(record[m]) for m in METRICS if record.get(m) is not None},
-        n=int(record["n"]),
-        correct=int(record["correct"]) if "correct" in record else None,
+        n=int(record[n_field]),
+        correct=int(record["correct"]) if "correct" in record and n_field == "n" else None,
         dataset=str(record.get("dataset", "?")),
         split=record.get("split"),
         source=str(path),
@@ -230,6 +232,8 @@ def per_example(
     None and why not (then the side's accuracies are held fixed in the bootstrap)."""
     if result_set.reference or result_set.table:
         return None, f"{result_set.reference or result_set.table} has no per-example outcomes"
+    if metric == "real_top1":  # .examples.npz holds the original single labels only
+        return None, "no per-example ReaL outcomes (.examples.npz has the original labels)"
     missing = [n for n in names if result_set.models[n].examples is None]
     if missing:
         return None, f"no .examples.npz for {', '.join(missing)}"
@@ -434,6 +438,10 @@ def define_flags() -> None:
     flags.DEFINE_multi_string(
         "set", None, f"LABEL=SPEC, repeated: two or more result sets (SPEC: {sets}) compared "
         "over the models in all of them; instead of --a/--b.",
+    )  # fmt: skip
+    flags.DEFINE_multi_string(
+        "set_metric", None, "LABEL=METRIC, repeated: the metric of one --set set, ranked as "
+        "--metric's (e.g. ReaL=real_top1 beside top1 sets).",
     )  # fmt: skip
     flags.DEFINE_string("out", None, "Output directory of ranking.json, reports and figures.")
     flags.DEFINE_string("base", "alexnet", "Base model of the relative improvements.")
