@@ -203,11 +203,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer = checkpoint.Checkpointer(str(workdir_path), config.checkpoint)
     state = _initial_state(setup, checkpointer, train_iter)
     step = int(state.step)
-    writer = MetricWriter(str(workdir_path), setup.total_steps, step)
+    writer = MetricWriter(
+        str(workdir_path),
+        setup.total_steps,
+        step,
+        steps_per_epoch=setup.steps_per_epoch,
+        config=config,
+    )
     preemption = Preemption()
     pending = PendingMetrics()
     profiler = Profiler(config.logging.get("profile_steps"), str(workdir_path / "profile"))
     last_eval: dict[str, float] = {}
+    num_eval_batches = predict.num_batches(config)  # for the progress bar
     if step < setup.total_steps:
         logging.info(
             "training %s: %d steps (%d per epoch) on %d devices, %d micro-batches per step, "
@@ -219,6 +226,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
         while step < setup.total_steps:
             batch = next(train_iter)
+            if step == 0:  # what the model is trained on, as the pipeline delivers it
+                writer.write_images(step, batch["image"])
             profiler.before_step(step + 1)
             state, metrics = train_step(
                 state, sharding.global_batch({k: batch[k] for k in ("image", "label")}, mesh)
@@ -237,7 +246,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if flushed:
                     writer.write(step, flushed)
                 batches = input_pipeline.make_eval_dataset(config)
-                predictions = predict.predict(eval_step, setup, state, batches)
+                predictions = predict.predict(eval_step, setup, state, batches, num_eval_batches)
                 eval_metrics = {f"val_{k}": v for k, v in summarize(predictions).items()}
                 writer.write(step, eval_metrics)
                 last_eval = eval_metrics
