@@ -23,12 +23,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imagenot_jax.errors import UserError
 from imagenot_jax.evaluate import evaluation
-from imagenot_jax.train import progress, trainer
+from imagenot_jax.train import progress, trainer, wandb_writer
 from imagenot_jax.train.metric_writer import hparam_values
 from tests.helpers import tiny_config
-
-STEPS = 12  # 2 epochs of 96 // 16 steps
 
 
 @contextlib.contextmanager
@@ -281,3 +280,23 @@ def test_wandb_logs_scalars_and_a_resumed_run_continues_the_same_run(
     configs = [r.config for r in wandb_records(files[0]) if r.HasField("config")]
     keys = {item.key: item.value_json for c in configs for item in c.update}
     assert json.loads(keys["model"])["name"] == "resnet_mini"
+
+
+def test_wandb_is_off_by_default(trained):
+    workdir, _ = trained
+    assert not (workdir / "wandb_run_id").exists()
+
+
+def test_wandb_enabled_without_the_package_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # what `import wandb` meets when absent
+    config = tiny_config(tmp_path, **{"logging.wandb": True})
+    with pytest.raises(UserError, match="pip install wandb"):  # before any setup
+        trainer.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_wandb_mode_must_be_one_wandb_knows(tmp_path):
+    pytest.importorskip("wandb")
+    config = tiny_config(tmp_path, **{"logging.wandb": True, "logging.wandb_mode": "ofline"})
+    with pytest.raises(UserError, match=r"logging\.wandb_mode='ofline'"):
+        wandb_writer.maybe_wandb(str(tmp_path), config)

@@ -27,7 +27,7 @@ from imagenot_jax.data import input_pipeline
 from imagenot_jax.errors import UserError
 from imagenot_jax.evaluate import predict
 from imagenot_jax.evaluate.metrics import summarize
-from imagenot_jax.train import checkpoint, ema, optim, sharding
+from imagenot_jax.train import checkpoint, ema, optim, sharding, wandb_writer
 from imagenot_jax.train.metric_writer import MetricWriter
 from imagenot_jax.train.run_control import NonFiniteLossError, PendingMetrics, Preemption, Profiler
 from imagenot_jax.train.steps import accum_steps, make_train_step
@@ -187,6 +187,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Returns the last validation metrics.
     """
+    if config.logging.get("wandb"):
+        wandb_writer.import_wandb()  # missing: say so now, not after the setup
     sharding.initialize_distributed(config.mesh)
     mesh = sharding.make_mesh()
     workdir_path = epath.Path(workdir)

@@ -7,6 +7,7 @@ the same W&B run. wandb is imported only when enabled: it is not a dependency of
 from __future__ import annotations
 
 import sys
+import types
 
 import ml_collections
 from etils import epath
@@ -15,9 +16,11 @@ from imagenot_jax.errors import UserError
 
 RUN_ID_FILE = "wandb_run_id"
 STEP_KEY = "train_step"  # the x-axis of every metric (see WandbWriter.__init__)
+MODES = ("online", "offline", "disabled", "shared")
 
 
-def _import_wandb():
+def import_wandb() -> types.ModuleType:
+    """The wandb module, or a UserError saying how to install it."""
     try:
         import wandb
     except ImportError:
@@ -29,19 +32,27 @@ class WandbWriter:
     """One W&B run per workdir; scalars logged against the training step."""
 
     def __init__(self, workdir: str, config: ml_collections.ConfigDict) -> None:
-        wandb = _import_wandb()
+        wandb = import_wandb()
+        mode = config.logging.get("wandb_mode")
+        if mode is not None and mode not in MODES:
+            raise UserError(f"logging.wandb_mode={mode!r}: expected one of {MODES} or None")
         directory = epath.Path(workdir)
         id_file = directory / RUN_ID_FILE
         run_id = id_file.read_text().strip() if id_file.exists() else None  # None: a new run
         cfg = config.logging
-        self._run = wandb.init(
-            project=cfg.get("wandb_project") or "imagenot_jax",
-            entity=cfg.get("wandb_entity"),
-            name=cfg.get("wandb_name") or directory.name,
-            mode=cfg.get("wandb_mode"),  # None: wandb's default (WANDB_MODE, login state)
-            id=run_id,
-            resume="allow",
-        )
+        try:
+            self._run = wandb.init(
+                project=cfg.get("wandb_project") or "imagenot_jax",
+                entity=cfg.get("wandb_entity"),
+                name=cfg.get("wandb_name") or directory.name,
+                mode=mode,  # None: wandb's default (WANDB_MODE, login state)
+                id=run_id,
+                resume="allow",
+            )
+        except wandb.errors.UsageError as e:  # not logged in, a bad mode, ...
+            raise UserError(
+                f"logging.wandb: {e} (`wandb login`, or logging.wandb_mode=offline)"
+            ) from None
         # A resumed run may change fields (e.g. schedule.num_steps extended): the latest wins.
         self._run.config.update(config.to_dict(), allow_val_change=True)
         # W&B's own step must only grow, but a run resumed from its last checkpoint logs steps
