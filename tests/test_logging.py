@@ -300,3 +300,15 @@ def test_wandb_mode_must_be_one_wandb_knows(tmp_path):
     config = tiny_config(tmp_path, **{"logging.wandb": True, "logging.wandb_mode": "ofline"})
     with pytest.raises(UserError, match=r"logging\.wandb_mode='ofline'"):
         wandb_writer.maybe_wandb(str(tmp_path), config)
+
+
+def test_training_on_a_terminal_shows_a_bar_with_the_epoch_instead_of_log_lines(
+    tmp_path, fake_fashion_mnist, monkeypatch, fast_compile
+):
+    config = tiny_config(fake_fashion_mnist, **{"schedule.num_steps": 3})
+    with absl_lines() as lines, terminal_stderr(monkeypatch) as chunks:
+        trainer.train_and_evaluate(config, str(tmp_path))
+    text = b"".join(chunks).decode(errors="replace")
+    # 6 steps per epoch: 3 steps are half of one; the bar ends at 3/3 with the last metrics.
+    assert re.search(r"\repoch 0\.50/0\.5: 100%\|[^\r]*\| 3/3 \[[^\r]*loss [\d.]+", text)
+    assert not parse_log_lines(lines) and not any(line.startswith("step ") for line in lines)
