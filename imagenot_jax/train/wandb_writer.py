@@ -33,13 +33,13 @@ class WandbWriter:
 
     def __init__(self, workdir: str, config: ml_collections.ConfigDict) -> None:
         wandb = import_wandb()
-        mode = config.logging.get("wandb_mode")
+        cfg = config.logging
+        mode = cfg.get("wandb_mode")
         if mode is not None and mode not in MODES:
             raise UserError(f"logging.wandb_mode={mode!r}: expected one of {MODES} or None")
         directory = epath.Path(workdir)
         id_file = directory / RUN_ID_FILE
         run_id = id_file.read_text().strip() if id_file.exists() else None  # None: a new run
-        cfg = config.logging
         try:
             self._run = wandb.init(
                 project=cfg.get("wandb_project") or "imagenot_jax",
@@ -49,7 +49,7 @@ class WandbWriter:
                 id=run_id,
                 resume="allow",
             )
-        except wandb.errors.UsageError as e:  # not logged in, a bad mode, ...
+        except wandb.errors.UsageError as e:  # not logged in, no entity, ...
             raise UserError(
                 f"logging.wandb: {e} (`wandb login`, or logging.wandb_mode=offline)"
             ) from None
@@ -61,10 +61,6 @@ class WandbWriter:
         self._run.define_metric("*", step_metric=STEP_KEY)
         if run_id is None:
             id_file.write_text(self._run.id + "\n")
-
-    @property
-    def run_id(self) -> str:
-        return self._run.id
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         self._run.log({STEP_KEY: int(step), **scalars})
