@@ -73,6 +73,15 @@ def base_config() -> ml_collections.ConfigDict:
     # (first, last) steps (1-based, as logged) to trace with jax.profiler into WORKDIR/profile
     # (TensorBoard profile plugin / Perfetto); None: no trace.
     config.logging.profile_steps = config_dict.placeholder(tuple)
+    # Weights & Biases (needs `pip install wandb`): the scalars TensorBoard gets, from process 0,
+    # with the config as the run config. The run id is kept in WORKDIR/wandb_run_id, so resuming
+    # a workdir continues its W&B run.
+    config.logging.wandb = False
+    config.logging.wandb_project = "imagenot_jax"
+    config.logging.wandb_entity = config_dict.placeholder(str)  # None: your default entity
+    config.logging.wandb_name = config_dict.placeholder(str)  # None: the workdir's name
+    # "online", "offline" or "disabled"; None: wandb's default (WANDB_MODE, login state)
+    config.logging.wandb_mode = config_dict.placeholder(str)
     return config
 
 

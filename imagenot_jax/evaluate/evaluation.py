@@ -122,7 +122,8 @@ def evaluate_checkpoint(
     setup, state, step = _restore(workdir, config, step, use_ema)
     eval_step = predict.make_eval_step(setup, mapping, save_logits)
     batches = input_pipeline.make_eval_dataset(config, data.eval_source)
-    predictions = predict.predict(eval_step, setup, state, batches)
+    total = predict.num_batches(config, data.eval_source)
+    predictions = predict.predict(eval_step, setup, state, batches, total, keep_bar=True)
     _check_mapped(predictions, mapping, config.model.num_classes)
     result = {
         **metrics_from_predictions(predictions, config.model.num_classes),

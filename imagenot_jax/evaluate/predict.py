@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 
-from imagenot_jax.train import sharding, steps
+from imagenot_jax.data import input_pipeline
+from imagenot_jax.train import progress, sharding, steps
 
 if TYPE_CHECKING:
     from imagenot_jax.evaluate.views import ClassMap
@@ -64,16 +66,36 @@ def make_eval_step(
     return jax.jit(step, out_shardings=sharding.replicated(setup.mesh))
 
 
+def num_batches(config: ml_collections.ConfigDict, source: Any = None) -> int:
+    """How many batches make_eval_dataset(config, source) yields on this process (the same on
+    every process); `source` defaults to the config's eval split."""
+    if source is None:
+        data = config.data
+        source = input_pipeline.open_source(data.name, data.eval_split, data.get("data_dir"))
+    shard = input_pipeline.ProcessShard.from_jax()
+    batch = input_pipeline.per_process_batch_size(config.input.eval_batch_size, shard)
+    return len(input_pipeline.eval_indices(len(source), batch, shard)) // batch
+
+
 def predict(
-    eval_step: Callable, setup: Setup, state: Any, batches: Iterable[dict[str, np.ndarray]]
+    eval_step: Callable,
+    setup: Setup,
+    state: Any,
+    batches: Iterable[dict[str, np.ndarray]],
+    total: int | None = None,
+    keep_bar: bool = False,
 ) -> dict[str, np.ndarray]:
     """The eval step's per-example outputs over padded host batches (input_pipeline's
-    make_eval_dataset); `mask` drops the padding, so every example counts exactly once."""
+    make_eval_dataset); `mask` drops the padding, so every example counts exactly once.
+
+    On a terminal a progress bar counts the batches (`total`: their number, see num_batches);
+    it is erased when done unless `keep_bar` (training-time evaluation leaves no trace)."""
     params, batch_stats = steps.eval_weights(state)
     sharding.check_batch_divisible(
         setup.config.input.eval_batch_size, setup.mesh, "input.eval_batch_size"
     )
     outputs: dict[str, list[np.ndarray]] = {}
+    bar = progress.progress_bar(total, unit="batch", desc="eval", leave=keep_bar)
     for local in batches:
         result = jax.device_get(
             eval_step(params, batch_stats, state.rest, sharding.global_batch(local, setup.mesh))
@@ -81,4 +103,8 @@ def predict(
         keep = result.pop("mask").astype(bool)
         for name, value in result.items():
             outputs.setdefault(name, []).append(value[keep])
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
     return {name: np.concatenate(values) for name, values in outputs.items()}

@@ -27,7 +27,7 @@ from imagenot_jax.data import input_pipeline
 from imagenot_jax.errors import UserError
 from imagenot_jax.evaluate import predict
 from imagenot_jax.evaluate.metrics import summarize
-from imagenot_jax.train import checkpoint, ema, optim, sharding
+from imagenot_jax.train import checkpoint, ema, optim, sharding, wandb_writer
 from imagenot_jax.train.metric_writer import MetricWriter
 from imagenot_jax.train.run_control import NonFiniteLossError, PendingMetrics, Preemption, Profiler
 from imagenot_jax.train.steps import accum_steps, make_train_step
@@ -187,6 +187,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Returns the last validation metrics.
     """
+    if config.logging.get("wandb"):
+        wandb_writer.import_wandb()  # missing: say so now, not after the setup
     sharding.initialize_distributed(config.mesh)
     mesh = sharding.make_mesh()
     workdir_path = epath.Path(workdir)
@@ -203,11 +205,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer = checkpoint.Checkpointer(str(workdir_path), config.checkpoint)
     state = _initial_state(setup, checkpointer, train_iter)
     step = int(state.step)
-    writer = MetricWriter(str(workdir_path), setup.total_steps, step)
+    writer = MetricWriter(
+        str(workdir_path),
+        setup.total_steps,
+        step,
+        steps_per_epoch=setup.steps_per_epoch,
+        config=config,
+    )
     preemption = Preemption()
     pending = PendingMetrics()
     profiler = Profiler(config.logging.get("profile_steps"), str(workdir_path / "profile"))
     last_eval: dict[str, float] = {}
+    num_eval_batches = predict.num_batches(config)  # for the progress bar
     if step < setup.total_steps:
         logging.info(
             "training %s: %d steps (%d per epoch) on %d devices, %d micro-batches per step, "
@@ -219,6 +228,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     try:
         while step < setup.total_steps:
             batch = next(train_iter)
+            if step == 0:  # what the model is trained on, as the pipeline delivers it
+                writer.write_images(step, batch["image"])
             profiler.before_step(step + 1)
             state, metrics = train_step(
                 state, sharding.global_batch({k: batch[k] for k in ("image", "label")}, mesh)
@@ -237,7 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if flushed:
                     writer.write(step, flushed)
                 batches = input_pipeline.make_eval_dataset(config)
-                predictions = predict.predict(eval_step, setup, state, batches)
+                predictions = predict.predict(eval_step, setup, state, batches, num_eval_batches)
                 eval_metrics = {f"val_{k}": v for k, v in summarize(predictions).items()}
                 writer.write(step, eval_metrics)
                 last_eval = eval_metrics
