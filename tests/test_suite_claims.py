@@ -112,6 +112,7 @@ def _suite(transfer: bool = True) -> ml_collections.ConfigDict:
         config.transfer = ml_collections.ConfigDict(
             {"label": "t5", "data": "fashion_mnist/first5", "of": "b", "arg": "smoke"}
         )
+        config.transfer.overrides = {"data": {"eval_split": "test"}}
     return config
 
 
@@ -125,6 +126,18 @@ def test_plan_and_select(tmp_path):
     assert runs[4].needs.id == "b/narrow" and runs[4].workdir.parent.name == "t5"
     config = runs[2].config()
     assert config.data.name == "fashion_mnist_local/last5" and config.data.data_dir == "/data"
+    # A transfer run's config: configs/transfer.py on its pretrained run's config.json, then the
+    # suite's overrides.
+    pretrained = runs[2].workdir
+    pretrained.mkdir(parents=True)
+    (pretrained / "config.json").write_text(json.dumps(config.to_dict()))
+    fine_tune = runs[4].config()
+    assert fine_tune.model.init == str(pretrained) and fine_tune.model.name == "resnet_mini"
+    assert (
+        fine_tune.data.name == "fashion_mnist_local/first5" and fine_tune.data.data_dir == "/data"
+    )
+    assert fine_tune.data.eval_split == "test" and fine_tune.schedule.num_steps == 2
+    assert fine_tune.optim.lr == 0.01  # the recipe's, untouched by the overrides
     pick = [r.id for r in plan.select(runs, ["wide"], ["b", "transfer"])]
     assert pick == ["b/wide", "transfer/wide"]
     assert [r.id for r in plan.select(runs, ["a/narrow", "b/wide"])] == ["a/narrow", "b/wide"]

@@ -81,6 +81,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     suite.b = ml_collections.ConfigDict({"label": "imagenot", "data": "imagenot", "table": ""})
     suite.base = "alexnet"
     suite.bootstrap = 1000
+    suite.distributed = False  # True on multi-host slices (mesh.distributed for every run)
     suite.runs = ml_collections.ConfigDict({model: recipe(model) for model in MODELS})
     if "notransfer" not in args:
         # configs/transfer.py: full fine-tuning, 10 epochs, at the pretrained eval crop.

@@ -17,10 +17,12 @@ synchronized clocks (NTP), far within the timeout.
 
 Local and network file systems (NFS included): the marker is written to a temporary file and
 hard-linked to its name (`link` fails if the name exists: an exclusive create whose content is
-complete the moment it appears). Remote paths (gs://) through etils.epath: neither
-tensorflow's gfile nor this environment offers a create-if-absent precondition, so the create
-is check, write, read back and compare tokens: two machines claiming the same run within the
-same second can both win. Stagger the starts (the launch scripts do) or use a shared file system.
+complete the moment it appears). gs:// with google-cloud-storage installed (the `gcs` extra):
+an upload with `if_generation_match=0`, Cloud Storage's atomic create-if-absent (not exercised
+by the tests: they have no network). Other remote paths (and gs:// without that library) go
+through etils.epath, which has no create-if-absent: check, write, read back and compare tokens,
+so two machines claiming the same run within the same second can both win; the launch scripts
+stagger their starts.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import _thread
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -115,10 +118,37 @@ def _create_exclusive(path: epath.Path, text: str, token: str) -> bool:
             return False
         finally:
             os.unlink(tmp)
-    if path.exists():  # remote: not atomic, see the module docstring
+    if str(path).startswith("gs://"):
+        created = _gcs_create(str(path), text)
+        if created is not None:
+            return created
+    if path.exists():  # remote without a precondition: not atomic, see the module docstring
         return False
     path.write_text(text)
     return json.loads(path.read_text())["token"] == token
+
+
+@functools.cache
+def _gcs_client() -> Any:
+    from google.cloud import storage
+
+    return storage.Client()
+
+
+def _gcs_create(uri: str, text: str) -> bool | None:
+    """Creates the gs:// object unless it exists (`if_generation_match=0`: Cloud Storage's
+    atomic create-if-absent); None without google-cloud-storage (the `gcs` extra)."""
+    try:
+        from google.api_core import exceptions
+    except ImportError:
+        return None
+    bucket, _, name = uri.removeprefix("gs://").partition("/")
+    blob = _gcs_client().bucket(bucket).blob(name)
+    try:
+        blob.upload_from_string(text, if_generation_match=0)
+    except exceptions.PreconditionFailed:
+        return False
+    return True
 
 
 def _replace(path: epath.Path, text: str) -> None:

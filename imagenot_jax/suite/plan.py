@@ -3,7 +3,8 @@
 Stages: `a` and `b` train every run of `suite.runs` on their dataset (a side with `table` set
 trains nothing: a built-in result table such as `torchvision-imagenet1k` stands in for it);
 `transfer` (optional `suite.transfer`) fine-tunes each run of side `transfer.of` on another
-dataset with configs/transfer.py, once that pretrained run is done. A run's id is
+dataset with configs/transfer.py (argument `init=<pretrained>,dataset=<data>[,<arg>]`, then the
+nested `overrides`), once that pretrained run is done. A run's id is
 `<stage>/<name>`; it trains in `<workdir>/<stage's label>/<name>`.
 """
 
@@ -12,7 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shlex
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import ml_collections
 from etils import epath
@@ -76,23 +78,45 @@ def check_suite(suite: ml_collections.ConfigDict) -> None:
             raise UserError(f"suite.transfer.of={of!r}: expected a side that trains (a or b)")
 
 
+def _place(config: ml_collections.ConfigDict, data_dir: str | None, distributed: bool) -> None:
+    if data_dir:
+        config.data.data_dir = data_dir
+    if distributed:  # every process of a multi-host slice runs the suite (docs/suite.md)
+        config.mesh.distributed = True
+
+
 def _side_config(
-    base: ml_collections.ConfigDict, spec: datasets.DatasetSpec, data_dir: str | None
+    base: ml_collections.ConfigDict,
+    spec: datasets.DatasetSpec,
+    data_dir: str | None,
+    distributed: bool,
 ) -> Callable[[], ml_collections.ConfigDict]:
     def build() -> ml_collections.ConfigDict:
         # The run's own splits (slices included) and normalisation stay: the study trains each
         # architecture the same way on both datasets.
         config = ml_collections.ConfigDict(base.to_dict())
         config.data.name = spec.tfds_name
-        if data_dir:
-            config.data.data_dir = data_dir
+        _place(config, data_dir, distributed)
         return config
 
     return build
 
 
+def _merge(config: ml_collections.ConfigDict, overrides: Any) -> None:
+    """`overrides` (a nested dict: {"schedule": {"epochs": 5}}) written into `config`."""
+    for key, value in overrides.items():
+        nested = isinstance(value, (Mapping, ml_collections.ConfigDict))
+        if nested and isinstance(config.get(key), ml_collections.ConfigDict):
+            _merge(config[key], value)
+        else:
+            config[key] = value
+
+
 def _transfer_config(
-    transfer: ml_collections.ConfigDict, pretrained: epath.Path, data_dir: str | None
+    transfer: ml_collections.ConfigDict,
+    pretrained: epath.Path,
+    data_dir: str | None,
+    distributed: bool,
 ) -> Callable[[], ml_collections.ConfigDict]:
     def build() -> ml_collections.ConfigDict:
         from configs import transfer as transfer_recipe  # the documented fine-tuning recipe
@@ -100,8 +124,8 @@ def _transfer_config(
         arg = ",".join(filter(None, [f"init={pretrained}", f"dataset={transfer.data}"]))
         arg = ",".join(filter(None, [arg, transfer.get("arg", "")]))
         config = transfer_recipe.get_config(arg)
-        if data_dir:
-            config.data.data_dir = data_dir
+        _merge(config, transfer.get("overrides") or {})
+        _place(config, data_dir, distributed)
         return config
 
     return build
@@ -112,6 +136,7 @@ def plan_runs(
 ) -> list[Run]:
     """Every run of the suite, stage by stage, in the order of `suite.runs`."""
     check_suite(suite)
+    distributed = bool(suite.get("distributed", False))
     runs: dict[str, Run] = {}
     for side in SIDES:
         if suite[side].get("table"):
@@ -119,13 +144,14 @@ def plan_runs(
         spec = datasets.get(suite[side].data)
         for name, base in suite.runs.items():
             workdir = root / suite[side].label / name
-            runs[f"{side}/{name}"] = Run(side, name, workdir, _side_config(base, spec, data_dir))
+            build = _side_config(base, spec, data_dir, distributed)
+            runs[f"{side}/{name}"] = Run(side, name, workdir, build)
     if TRANSFER in suite:
         transfer = suite.transfer
         datasets.get(transfer.data)  # an unknown name fails here, not after the pretraining
         for name in suite.runs:
             needs = runs[f"{transfer.get('of', 'b')}/{name}"]
-            build = _transfer_config(transfer, needs.workdir, data_dir)
+            build = _transfer_config(transfer, needs.workdir, data_dir, distributed)
             workdir = root / transfer.label / name
             runs[f"{TRANSFER}/{name}"] = Run(TRANSFER, name, workdir, build, needs)
     return list(runs.values())

@@ -120,10 +120,12 @@ def run_suite(
     runs = plan_runs(suite, root, data_dir)
     chosen = select(runs, only, stages)
     _prepare_datasets(suite, data_dir)
-    if runs:  # multi-host: initialize before the hosts agree on a run (once per process)
+    if suite.get("distributed", False):  # before the hosts agree on a run (once per process)
         from imagenot_jax.train import sharding
 
-        sharding.initialize_distributed(next(iter(suite.runs.values())).mesh)
+        mesh = ml_collections.ConfigDict(next(iter(suite.runs.values())).mesh.to_dict())
+        mesh.distributed = True
+        sharding.initialize_distributed(mesh)
     done_before = sum(r.done() for r in chosen)
     trained, attempted = 0, set()
     while (picked := _next_run(chosen, attempted, claim_timeout)) is not None:
