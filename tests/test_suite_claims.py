@@ -4,7 +4,10 @@ training here (tests/test_suite_parallel.py runs suites)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,6 +17,7 @@ from etils import epath
 
 from imagenot_jax.errors import UserError
 from imagenot_jax.suite import claims, plan, runner
+from tests.conftest import REPO
 
 
 def _age(directory: epath.Path, generation: int, seconds: float) -> None:
@@ -208,3 +212,19 @@ def test_strip_selection_keeps_the_suite_and_its_overrides():
     assert plan.strip_selection(argv) == [
         "--suite=s.py:published", "--workdir", "W", "--suite.bootstrap=10", "--claim_timeout=60",
     ]  # fmt: skip
+
+
+def test_rank_only_with_nothing_done_exits_2_naming_what_is_missing(tmp_path):
+    config = tmp_path / "suite.py"
+    config.write_text("from tests.test_suite import _tiny_suite\n\nget_config = _tiny_suite\n")
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "imagenot_jax.suite", f"--suite={config}",
+            f"--workdir={tmp_path / 'w'}", "--rank_only",
+        ],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "no report" in error[0]
+    assert "done: none; missing: a/mid, a/narrow, a/wide, b/mid, b/narrow, b/wide" in error[0]
