@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -165,3 +166,30 @@ def test_transfer_stage_fine_tunes_and_is_ranked(tmp_path, halves_data_dir, refe
         assert config["data"]["name"] == "fashion_mnist_local/first5"
         assert config["data"]["eval_split"] == "test" and config["schedule"]["num_steps"] == 2
         assert config["model"]["kwargs"]["widths"] == list(suite.runs[name].model.kwargs.widths)
+
+
+def test_sigterm_stops_the_suite_and_leaves_the_run_resumable(tmp_path, halves_data_dir):  # noqa: F811
+    """A preempted run (the trainer checkpoints and returns on SIGTERM) is not marked done: the
+    process stops (exit 3) and releases its claim, so the next process resumes the run."""
+    config = tmp_path / "tiny_suite.py"
+    config.write_text(_CONFIG)
+    workdir = tmp_path / "w"
+    long = "--suite.runs.narrow.schedule.epochs=5000"  # 30,000 steps: SIGTERM lands mid-run
+    command = _command(str(config), workdir, halves_data_dir, "--only=a/narrow", long)
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "step 100:" in line:  # training, past its first checkpoint (every epoch: 6 steps)
+            proc.send_signal(signal.SIGTERM)
+            break
+    out = "".join(lines) + proc.communicate(timeout=300)[0]
+    assert proc.returncode == 3, out
+    assert "suite: a/narrow stopped early (SIGTERM)" in out
+    runs = {r.id: r for r in plan.plan_runs(_tiny_suite(), epath.Path(workdir), None)}
+    run = runs["a/narrow"]
+    assert not run.done() and (run.workdir / "checkpoints").exists()
+    state, detail = plan.status(run, 3600)
+    assert state == "partial" and detail.startswith("released claim")

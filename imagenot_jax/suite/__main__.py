@@ -48,17 +48,21 @@ def main(argv: list[str]) -> None:
             argv, runner.rank_only, o.suite, o.workdir, o.data_dir, claim_timeout=o.claim_timeout
         )
     else:
-        run_command(
-            argv,
-            runner.run_suite,
-            o.suite,
-            o.workdir,
-            o.data_dir,
-            only=o.only,
-            stages=o.side,
-            claim_timeout=o.claim_timeout,
-            compilation_cache=o.compilation_cache,
-        )
+        try:
+            run_command(
+                argv,
+                runner.run_suite,
+                o.suite,
+                o.workdir,
+                o.data_dir,
+                only=o.only,
+                stages=o.side,
+                claim_timeout=o.claim_timeout,
+                compilation_cache=o.compilation_cache,
+            )
+        except runner.RunStopped as e:  # not a failure: exit 3 so schedulers see it unfinished
+            print(f"suite: stopped: {e}", file=sys.stderr)
+            sys.exit(3)
 
 
 if __name__ == "__main__":

@@ -179,7 +179,8 @@ class Claim:
 
     def still_ours(self) -> bool:
         """No later generation: nobody took the run over."""
-        return generations(self.directory)[-1] == self.info.generation
+        found = generations(self.directory)
+        return bool(found) and found[-1] == self.info.generation
 
     def refresh(self) -> bool:
         """One heartbeat; False (and nothing written) once the claim was taken over."""

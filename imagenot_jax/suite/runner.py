@@ -8,6 +8,7 @@ remaining run held or waiting stops, and whoever finds every run done writes the
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -22,8 +23,31 @@ from imagenot_jax.suite import claims
 from imagenot_jax.suite.plan import DONE, SIDES, TRANSFER, Run, plan_runs, select, status
 
 
+class RunStopped(RuntimeError):
+    """Training returned before its last step: the trainer got SIGTERM (a preemption, a SLURM
+    time limit), checkpointed and stopped. The run is not done; rerunning resumes it."""
+
+
+def _steps(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[int, int]:
+    """(latest checkpoint step, the run's total steps) after training."""
+    from imagenot_jax.train import checkpoint, trainer
+
+    num_train, _ = trainer.num_examples_and_classes(config)
+    # trainer.make_setup's count (it does not return it: the trainer returns normally when
+    # SIGTERM stops it early).
+    steps_per_epoch = num_train // config.input.global_batch_size
+    total = config.schedule.get("num_steps") or config.schedule.epochs * steps_per_epoch
+    path = str(workdir) if "://" in str(workdir) else os.path.abspath(workdir)
+    ckpt = checkpoint.Checkpointer(path, checkpoint.default_checkpoint_config(), read_only=True)
+    try:
+        return ckpt.latest_step() or 0, int(total)
+    finally:
+        ckpt.close()
+
+
 def run_one(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[epath.Path, bool]:
-    """Trains (or resumes) and evaluates one run; returns its eval JSON and whether it ran."""
+    """Trains (or resumes) and evaluates one run; returns its eval JSON and whether it ran.
+    Raises RunStopped if training stopped early (SIGTERM): nothing is evaluated or marked done."""
     import jax
 
     from imagenot_jax.evaluate import evaluation
@@ -35,6 +59,9 @@ def run_one(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[epa
     start = time.perf_counter()
     trainer.train_and_evaluate(config, str(workdir))
     seconds = time.perf_counter() - start
+    step, total = _steps(config, workdir)
+    if step < total:
+        raise RunStopped(f"{workdir} stopped at step {step} of {total}")
     result, path = evaluation.evaluate_checkpoint(str(workdir))
     print(evaluation.format_result(result))
     if jax.process_index() == 0:
@@ -99,7 +126,12 @@ def _prepare_datasets(suite: ml_collections.ConfigDict, data_dir: str | None) ->
     for name in names:
         spec = datasets.get(name)
         if spec.builder:
-            datasets.prepare_dataset(spec.tfds_name, data_dir or input_pipeline.default_data_dir())
+            try:
+                datasets.prepare_dataset(
+                    spec.tfds_name, data_dir or input_pipeline.default_data_dir()
+                )
+            except FileExistsError:  # TFDS's final rename: another process built it first
+                print(f"suite: {spec.tfds_name} was built by another process")
 
 
 def run_suite(
@@ -132,11 +164,15 @@ def run_suite(
         run, claim = picked
         attempted.add(run.id)
         print(f"suite: {run.id} ({run.workdir})")
-        if claim is None:  # processes other than 0 of a slice
-            trained += run_one(run.config(), run.workdir)[1]
-            continue
-        with claim:
-            trained += run_one(run.config(), run.workdir)[1]
+        try:
+            if claim is None:  # processes other than 0 of a slice
+                trained += run_one(run.config(), run.workdir)[1]
+                continue
+            with claim:  # released on the way out, whatever happens: claimable at once
+                trained += run_one(run.config(), run.workdir)[1]
+        except RunStopped:  # the machine is going away: take no further run
+            print(f"suite: {run.id} stopped early (SIGTERM); the next suite process resumes it")
+            raise
     print(f"suite: {trained} runs trained, {done_before} already done")
     pending = [r for r in runs if not r.done()]
     if pending:
