@@ -110,7 +110,9 @@ def test_interrupted_run_resumes_instead_of_restarting(tmp_path, halves_data_dir
     assert ran and json.loads(path.read_text())["step"] == steps
 
 
-@pytest.mark.parametrize("path", ["configs/suites/fashion_halves.py"])
+@pytest.mark.parametrize(
+    "path", ["configs/suites/fashion_halves.py", "configs/suites/imagenot_study.py"]
+)
 def test_suite_config_models_build_at_their_sizes(path):
     config = _load_suite_config(path)
     assert len(config.runs) >= 5

@@ -41,7 +41,9 @@ def default_mesh_config() -> ml_collections.ConfigDict:
 
 def initialize_distributed(mesh_cfg: ml_collections.ConfigDict) -> None:
     """jax.distributed.initialize() from config; unset fields are auto-detected (TPU, SLURM)."""
-    if not mesh_cfg.distributed:
+    # Once per process: the suite trains several runs in one process (and initializes first,
+    # so all hosts of a slice can agree on the run); a second initialize() would raise.
+    if not mesh_cfg.distributed or jax.distributed.is_initialized():
         return
     # Cross-process collectives on CPU hosts need gloo; GPU and TPU backends ignore this.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
