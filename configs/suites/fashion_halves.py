@@ -67,6 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
     suite.a = ml_collections.ConfigDict({"label": "first5", "data": "fashion_mnist/first5"})
     suite.b = ml_collections.ConfigDict({"label": "last5", "data": "fashion_mnist/last5"})
     suite.base = "alexnet"  # relative improvements X_i / X_alexnet, as in the paper
+    suite.distributed = False  # True: every process of a multi-host slice runs each run
     suite.bootstrap = 1000
     suite.runs = ml_collections.ConfigDict()
     runs = suite.runs

@@ -69,7 +69,7 @@ def parse_arg(arg: str | None) -> set[str]:
 
 def recipe(model: str) -> ml_collections.ConfigDict:
     """The model's whole run config from configs/<model>.py (data filled in per side)."""
-    return importlib.import_module(f"configs.{model}").get_config("dataset=imagenot")
+    return importlib.import_module(f"imagenot_jax.configs.{model}").get_config("dataset=imagenot")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

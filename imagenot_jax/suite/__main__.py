@@ -66,5 +66,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    from imagenot_jax import config_files
+
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=config_files.flags_parser("suite"))
