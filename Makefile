@@ -101,7 +101,8 @@ test-system-deps:
 # The extras this CPU machine does not install (gpu, tpu, gcs) resolved under constraints.txt:
 # pip prints what it would add; every such package must be pinned there.
 check-extras: | $(PY)
-	$(INSTALL) --dry-run -e '.[all,tpu]'
+	$(PY) -m pip --disable-pip-version-check install --dry-run -c constraints.txt -e '.[all,tpu]' \
+		2>/dev/null | grep -E '^(Would install|ERROR)' || true
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .ruff_cache *.egg-info

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 from typing import Any
 
 import numpy as np
-from etils import epath
 
 from imagenot_jax.errors import UserError
 from imagenot_jax.evaluate.metrics import clopper_pearson
@@ -30,9 +28,9 @@ from imagenot_jax.rank.ranking import (
     METRICS,
     ModelResult,
     ResultSet,
-    _plain,
     bootstrap_draws,
     load_result_set,
+    write_result,
 )
 
 CORRELATIONS = ("kendall_tau_b", "spearman_rho")
@@ -211,12 +209,7 @@ def compare_sets(
         },
         "notes": list(dict.fromkeys([*(n for s in sets.values() for n in s.notes), *notes])),
     }
-    out = epath.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    result = _plain(result)
-    result["files"] = [*nway_report.write_report(result, out), "ranking.json"]
-    (out / "ranking.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    return result
+    return write_result(result, out_dir, nway_report.write_report)
 
 
 def _describe(

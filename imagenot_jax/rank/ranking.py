@@ -31,6 +31,7 @@ import glob
 import io
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -419,10 +420,16 @@ def compare(
         "bootstrap": summary,
         "notes": list(dict.fromkeys([*a.notes, *b.notes, *notes])),
     }
+    return write_result(result, out_dir, report.write_report)
+
+
+def write_result(result: dict, out_dir: str, write_report: Callable) -> dict:
+    """A comparison's ranking.json, reports and figures in out_dir; returns it JSON-ready, with
+    the files written under `files`."""
     out = epath.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = _plain(result)
-    result["files"] = [*report.write_report(result, out), "ranking.json"]
+    result["files"] = [*write_report(result, out), "ranking.json"]
     (out / "ranking.json").write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     return result
 
