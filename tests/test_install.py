@@ -81,6 +81,15 @@ def test_configs_found_by_name_outside_the_checkout(installed, tmp_path):
                cwd=tmp_path)  # fmt: skip
     assert out.returncode == 2, out.stderr[-2000:]
     assert "fashion_mnist_local" in out.stderr and "not prepared" in out.stderr
+    # The study suite by name: its run configs come from the installed recipes.
+    study = _run(installed, "imagenot-suite", "--suite", "suites/imagenot_study:published",
+                 "--workdir", str(tmp_path / "study"), "--list", cwd=tmp_path)  # fmt: skip
+    assert study.returncode == 0, study.stderr[-2000:]
+    runs = [line.split("\t") for line in study.stdout.splitlines()]
+    assert len(runs) == 18  # nine on ImageNot, their nine CIFAR-10 transfers
+    status = {run_id: state for run_id, state, _ in runs}
+    assert status["b/resnet152"] == "not started"
+    assert status["transfer/resnet152"].startswith("waiting (needs b/resnet152")
     bad = _run(installed, "imagenot-train", "--config=resnet5", "--workdir", "w", cwd=tmp_path)
     assert bad.returncode == 2
     assert "error: config 'resnet5'" in bad.stderr and "resnet50" in bad.stderr

@@ -182,9 +182,14 @@ def test_sigterm_stops_the_suite_and_leaves_the_run_resumable(tmp_path, halves_d
     lines = []
     for line in proc.stdout:
         lines.append(line)
-        if "step 100:" in line:  # training, past its first checkpoint (every epoch: 6 steps)
+        # Training, past its first checkpoint (every epoch: 6 steps). A log line is
+        # "step 100/30000 epoch ...": the first metric line at or after step 100 will do.
+        logged = re.search(r"\bstep (\d+)/\d+ epoch", line)
+        if logged and int(logged.group(1)) >= 100:
             proc.send_signal(signal.SIGTERM)
             break
+    else:
+        raise AssertionError("the suite ended before step 100:\n" + "".join(lines[-20:]))
     out = "".join(lines) + proc.communicate(timeout=300)[0]
     assert proc.returncode == 3, out
     assert "suite: a/narrow stopped early (SIGTERM)" in out
