@@ -9,11 +9,11 @@
 # workers train it together; then the next run. Slices split the runs through the claims in
 # WORKDIR; the slice that finishes the last run writes the report. The command runs detached
 # (nohup) on the workers, logging to ~/suite.log; rerun the script after a preemption.
-# SUITE (default configs/suites/imagenot_study.py:published), REPO_DIR (the checkout on the
+# SUITE (default suites/imagenot_study:published), REPO_DIR (the checkout on the
 # workers, default imagenot_jax), STAGGER_S (seconds between slices, default 10).
 set -euo pipefail
 
-SUITE=${SUITE:-configs/suites/imagenot_study.py:published}
+SUITE=${SUITE:-suites/imagenot_study:published}
 WORKDIR=${WORKDIR:?set WORKDIR to a gs:// suite directory}
 DATA_DIR=${DATA_DIR:?set DATA_DIR to a gs:// TFDS data dir}
 ZONE=${ZONE:?set ZONE to the slices zone}
