@@ -196,3 +196,27 @@ def test_the_docs_commands_parse_and_cover_the_nine_models():
             cwd=REPO, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert run.returncode == 0, f"{entry}: {run.stderr[-1500:]}"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--weights", "ResNet18_Weights.DEFAULT"),
+        ("--model", "resnet18", "--torch_weights", "x.pth"),
+    ],
+)
+def test_without_torch_is_one_line_naming_the_extra(tmp_path, args):
+    """`make demo`'s environment has no torch: the converter says which extra to install."""
+    # torch and torchvision made unimportable, as where the curation extra is not installed.
+    code = (
+        "import runpy, sys; sys.modules['torch'] = sys.modules['torchvision'] = None; "
+        "runpy.run_module('imagenot_jax.models.convert', run_name='__main__')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args, "--out", str(tmp_path / "out")],
+        cwd=REPO, env=_offline_env(tmp_path / "torch_home"), capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr[-3000:]
+    (line,) = [x for x in out.stderr.splitlines() if x.startswith("error:")]
+    assert "pip install -e '.[curation]'" in line and "Traceback" not in out.stderr

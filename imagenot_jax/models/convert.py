@@ -77,7 +77,9 @@ def read_torch_state_dict(path: str) -> dict[str, Any]:
     try:
         import torch
     except ImportError:
-        raise ImportError("reading .pth files needs torch: pip install -e '.[curation]'") from None
+        raise UserError(
+            "reading .pth files needs torch: pip install -e '.[curation]' (`make test` installs it)"
+        ) from None
     if not epath.Path(path).exists():
         raise MissingInputError(f"{path}: no such torch weights file")
     with epath.Path(path).open("rb") as f:

@@ -51,8 +51,10 @@ def _torchvision() -> Any:
     try:
         import torchvision.models
     except ImportError:
-        raise ImportError(
-            "torchvision weights need torch and torchvision: pip install -e '.[curation]'"
+        # The user's to fix (an extra not installed, e.g. by `make demo`): one line, exit 2.
+        raise UserError(
+            "torchvision weights need torch and torchvision: pip install -e '.[curation]' "
+            "(`make test` installs them)"
         ) from None
     return torchvision.models
 
@@ -92,9 +94,9 @@ def _not_found(name: str, enums: dict[str, tuple[type, list[str]]]) -> UserError
 def resolve(name: str) -> PublishedWeights:
     """The weights torchvision publishes as `name` (`<Enum>.<member>`, `<Enum>.DEFAULT` too), for
     a model of our zoo; UserError listing close matches for an unknown name."""
-    import torch.hub
-
     tv = _torchvision()
+    import torch.hub  # after _torchvision(): its error names the extra
+
     enums = weight_enums()
     enum_name, _, member = name.strip().partition(".")
     if enum_name not in enums or member not in enums[enum_name][0].__members__:
