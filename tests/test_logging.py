@@ -26,7 +26,7 @@ from PIL import Image
 from imagenot_jax.errors import UserError
 from imagenot_jax.evaluate import evaluation
 from imagenot_jax.train import progress, trainer, wandb_writer
-from imagenot_jax.train.metric_writer import hparam_values
+from imagenot_jax.train.metric_writer import MetricWriter, hparam_values
 from tests.helpers import tiny_config
 
 
@@ -152,6 +152,37 @@ def test_tensorboard_has_the_config_and_sample_images_at_step_0(trained):
     assert step == 0 and grid.shape[2] == 3
     assert grid.shape[0] >= 28 and grid.shape[1] >= 8 * 28  # eight 28x28 images in a row
     assert grid.std() > 10  # random fake pixels, not a blank canvas
+
+
+def test_a_resumed_run_logs_every_step_once(tmp_path):
+    """metrics.jsonl keeps the steps up to the restored one and drops a line torn by a kill;
+    later steps are appended; TensorBoard is told to purge the killed run's later events."""
+    import tensorflow as tf
+
+    records = [{"step": s, "loss": 1.0 / s} for s in range(1, 11)]
+    torn = json.dumps({"step": 11, "loss": 0.1})[:9]  # the kill came mid-write
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + torn)
+    writer = MetricWriter(str(tmp_path), total_steps=20, initial_step=6)
+    writer.write(7, {"loss": 0.5})
+    writer.write(8, {"loss": 0.25})
+    writer.close()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3, 4, 5, 6, 7, 8]
+    (events,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    starts = [
+        e.step
+        for e in tf.compat.v1.train.summary_iterator(str(events))
+        if e.session_log.status == e.session_log.START
+    ]
+    assert starts == [7]  # TensorBoard drops earlier events of step >= 7
+
+
+def test_a_fresh_run_appends_without_purging(tmp_path):
+    writer = MetricWriter(str(tmp_path), total_steps=5, initial_step=0)
+    for step in (1, 2):
+        writer.write(step, {"loss": 1.0})
+        assert (tmp_path / "metrics.jsonl").read_text().count("\n") == step
+    writer.close()
 
 
 def test_hparam_values_flatten_the_config_to_dashboard_types():

@@ -110,6 +110,12 @@ def test_clopper_pearson_matches_known_values():
 # --- subprocess: the entry point, resume, preemption ----------------------------------------
 
 
+def _logged(workdir) -> list[tuple[int, tuple[str, ...]]]:
+    """(step, metric names) of every metrics.jsonl line, in order."""
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], tuple(sorted(r))) for r in map(json.loads, lines)]
+
+
 def test_sigkill_then_resume_gives_bitwise_identical_parameters(tmp_path, fake_fashion_mnist):
     steps = {"schedule.num_steps": 30, "checkpoint.every_steps": 2}
     straight = run_main(tmp_path / "straight", fake_fashion_mnist, **steps)
@@ -128,6 +134,9 @@ def test_sigkill_then_resume_gives_bitwise_identical_parameters(tmp_path, fake_f
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from step {killed_at}" in resumed.stderr
 
+    # metrics.jsonl: the killed run's lines after its checkpoint are dropped on resume and
+    # logged again, so every step appears exactly as in the uninterrupted run.
+    assert _logged(interrupted) == _logged(tmp_path / "straight")
     a, b = saved_state(tmp_path / "straight", 30), saved_state(interrupted, 30)
     assert jax.tree.structure(a) == jax.tree.structure(b)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):

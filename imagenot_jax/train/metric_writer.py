@@ -43,16 +43,21 @@ class MetricWriter:
         self._rate = progress.StepRate(total_steps)
         directory = epath.Path(workdir)
         self._jsonl = directory / "metrics.jsonl"
-        # Cloud object stores (gs://) cannot append, so the file is rewritten whole each time:
-        # a few hundred KB for a long run. A resumed run keeps the lines written before.
-        self._lines = self._jsonl.read_text().splitlines() if self._jsonl.exists() else []
+        # Local files are appended line by line (a kill tears at most the last line); cloud
+        # object stores (gs://) cannot append, so there the file is rewritten whole each time.
+        self._append = "://" not in str(directory)
+        self._lines: list[str] = []
         self._tensorboard = None
         self._bar = None
         self._wandb = None
         if self._is_writer:
             from tensorboardX import SummaryWriter
 
-            self._tensorboard = SummaryWriter(str(directory / "tensorboard"))
+            self._lines = resume_jsonl(self._jsonl, initial_step)
+            # A resumed run tells TensorBoard to drop what the killed run logged after the
+            # restored step (it is logged again), so no step shows twice.
+            purge = initial_step + 1 if initial_step > 0 else None
+            self._tensorboard = SummaryWriter(str(directory / "tensorboard"), purge_step=purge)
             if config is not None:
                 self._write_config(initial_step, config)
                 self._wandb = maybe_wandb(workdir, config)
@@ -89,8 +94,12 @@ class MetricWriter:
             return
         self._rate.mark(step)
         record = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
-        self._lines.append(json.dumps(record))
-        self._jsonl.write_text("\n".join(self._lines) + "\n")
+        if self._append:
+            with self._jsonl.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+        else:
+            self._lines.append(json.dumps(record))
+            self._jsonl.write_text("".join(line + "\n" for line in self._lines))
         scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, int | float)}
         for name, value in scalars.items():
             self._tensorboard.add_scalar(name, value, step)
@@ -132,6 +141,31 @@ class MetricWriter:
             self._tensorboard.close()
         if self._wandb is not None:
             self._wandb.close()
+
+
+def resume_jsonl(path: epath.Path, initial_step: int) -> list[str]:
+    """The lines of metrics.jsonl a run restarting at `initial_step` keeps: those of steps up to
+    it that parse (a line torn by a kill is dropped, with a warning). The file is rewritten
+    (atomically) only if something was dropped, so a resumed run logs no step twice."""
+    if not path.exists():
+        return []
+    lines = path.read_text().splitlines()
+    kept, torn = [], 0
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            torn += 1
+            continue
+        if int(record.get("step", 0)) <= initial_step:
+            kept.append(line)
+    if torn:
+        logging.warning("%s: dropped %d unreadable line(s) (a killed run's last write)", path, torn)
+    if len(kept) != len(lines):
+        partial = path.parent / f"{path.name}.tmp"
+        partial.write_text("".join(line + "\n" for line in kept))
+        partial.replace(path)
+    return kept
 
 
 def hparam_values(config: ml_collections.ConfigDict) -> dict[str, bool | int | float | str]:
