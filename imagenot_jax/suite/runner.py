@@ -33,10 +33,8 @@ def _steps(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[int,
     from imagenot_jax.train import checkpoint, trainer
 
     num_train, _ = trainer.num_examples_and_classes(config)
-    # trainer.make_setup's count (it does not return it: the trainer returns normally when
-    # SIGTERM stops it early).
-    steps_per_epoch = num_train // config.input.global_batch_size
-    total = config.schedule.get("num_steps") or config.schedule.epochs * steps_per_epoch
+    # The trainer returns normally when SIGTERM stops it early: compare with its step count.
+    _, total = trainer.step_counts(config, num_train)
     path = str(workdir) if "://" in str(workdir) else os.path.abspath(workdir)
     ckpt = checkpoint.Checkpointer(path, checkpoint.default_checkpoint_config(), read_only=True)
     try:

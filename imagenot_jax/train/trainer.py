@@ -119,13 +119,7 @@ def make_setup(
     """Builds the optimizer and the (abstract, sharded) state without allocating it."""
     global_batch = config.input.global_batch_size
     sharding.check_batch_divisible(global_batch, mesh, "input.global_batch_size")
-    steps_per_epoch = num_train_examples // global_batch
-    if steps_per_epoch < 1:
-        raise UserError(
-            f"input.global_batch_size={global_batch} exceeds the {num_train_examples} "
-            "training examples"
-        )
-    total_steps = config.schedule.get("num_steps") or config.schedule.epochs * steps_per_epoch
+    steps_per_epoch, total_steps = step_counts(config, num_train_examples)
     abstract_model = nnx.eval_shape(lambda: build_model(config, config.model.num_classes))
     tx, schedule = optim.make_optimizer(
         config.optim,
@@ -168,6 +162,19 @@ def make_setup(
 # ---------------------------------------------------------------------------------------------
 # The training loop.
 # ---------------------------------------------------------------------------------------------
+
+
+def step_counts(config: ml_collections.ConfigDict, num_train_examples: int) -> tuple[int, int]:
+    """(steps per epoch, total steps) of a run: schedule.num_steps, else its epochs."""
+    global_batch = config.input.global_batch_size
+    steps_per_epoch = num_train_examples // global_batch
+    if steps_per_epoch < 1:
+        raise UserError(
+            f"input.global_batch_size={global_batch} exceeds the {num_train_examples} "
+            "training examples"
+        )
+    total = config.schedule.get("num_steps") or config.schedule.epochs * steps_per_epoch
+    return steps_per_epoch, int(total)
 
 
 def num_examples_and_classes(config: ml_collections.ConfigDict) -> tuple[int, int]:
