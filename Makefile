@@ -6,8 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 INSTALL := $(PIP) install -c constraints.txt
-TFDS_DATA_DIR ?= $(CURDIR)/.data/tensorflow_datasets
-export TFDS_DATA_DIR
+# Datasets: $TFDS_DATA_DIR when set, else .data/tensorflow_datasets here (created by make demo),
+# the same rule the commands apply when run directly (input_pipeline.default_data_dir).
 # pytest-xdist workers: XLA compiles on one core per program, so 2 workers halve the suite's
 # time on 2 cores. Each holds a few GB at peak (model-zoo parity tests): mind memory if raised.
 TEST_WORKERS ?= 2
@@ -19,9 +19,9 @@ DEBIAN_PACKAGES := /usr/share/wordnet/data.noun:wordnet-base \
 .PHONY: demo test test-slow lint check-extras bench bench-curation bench-compile system-deps test-system-deps clean
 
 demo: $(VENV)/.demo system-deps
-	$(PY) -m imagenot_jax.demo --config configs/demo.py --data_dir "$(TFDS_DATA_DIR)" \
-		--workdir "$(CURDIR)/.data/demo" \
-		--suite configs/suites/fashion_halves.py --suite_workdir "$(CURDIR)/.data/suite"
+	@mkdir -p .data/tensorflow_datasets
+	$(PY) -m imagenot_jax.demo --config configs/demo.py --workdir .data/demo \
+		--suite configs/suites/fashion_halves.py --suite_workdir .data/suite
 
 test: $(VENV)/.test test-system-deps
 	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS)

@@ -40,7 +40,7 @@ def _main(stage: Stage, argv: list[str]) -> None:
         config.engine.name = "ray"
         config.engine.ray_address = _RAY_ADDRESS.value
     try:
-        stage(config, pathlib.Path(_WORKDIR.value))
+        stage(config, pathlib.Path(_WORKDIR.value).expanduser().absolute())
     except CurationError as e:
         logging.vlog(1, "user error", exc_info=True)
         print(f"error: {e}", file=sys.stderr)

@@ -12,6 +12,32 @@ from absl import app, flags, logging
 from imagenot_jax.errors import UserError
 
 
+def absolute_path(path: str | None) -> str | None:
+    """A local path made absolute against the current directory (`~` expanded); URIs such as
+    gs://... and empty values stay as given.
+
+    Every CLI resolves its paths once, where they enter: orbax refuses relative checkpoint paths,
+    and TFDS, grain workers and spawned processes would resolve them against other directories."""
+    if not path or "://" in path:
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+class _PathParser(flags.ArgumentParser):
+    def parse(self, argument):
+        return absolute_path(argument)
+
+    def flag_type(self) -> str:
+        return "path"
+
+
+def define_path_flag(name: str, default: str | None, help: str, **kwargs) -> flags.FlagHolder:
+    """A string flag holding a path, made absolute as it is parsed (see absolute_path)."""
+    return flags.DEFINE(
+        _PathParser(), name, default, help, serializer=flags.ArgumentSerializer(), **kwargs
+    )
+
+
 def run_command(
     argv: list[str], fn: Callable, *args, compilation_cache: str | bool | None = False, **kwargs
 ):

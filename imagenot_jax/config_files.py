@@ -44,8 +44,10 @@ def known_configs(package: str = PACKAGE) -> list[str]:
 def resolve(value: str, package: str = PACKAGE) -> str:
     """`path[:arg]` unchanged where the path is a file, else the packaged file it names."""
     path, sep, arg = value.partition(":")
-    if pathlib.Path(path).is_file() or "://" in value:
+    if "://" in value:
         return value
+    if pathlib.Path(path).is_file():  # absolute: the command may chdir or spawn processes
+        return f"{pathlib.Path(path).expanduser().absolute()}{sep}{arg}"
     name = path.removesuffix(".py")
     prefix = package.rsplit(".", 1)[-1] + "/"  # `configs/` of the checkout's spelling
     name = name.removeprefix(prefix)

@@ -18,7 +18,12 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from imagenot_jax import config_files, suite
-from imagenot_jax.cli import define_compilation_cache_flag, run_command, run_user_command
+from imagenot_jax.cli import (
+    define_compilation_cache_flag,
+    define_path_flag,
+    run_command,
+    run_user_command,
+)
 from imagenot_jax.data import input_pipeline
 from imagenot_jax.data.datasets import prepare_dataset
 from imagenot_jax.evaluate import evaluation
@@ -28,16 +33,14 @@ from imagenot_jax.train import trainer
 _CONFIG = config_flags.DEFINE_config_file(
     "config", config_files.resolve("demo"), "Demo config file."
 )
-_WORKDIR = flags.DEFINE_string("workdir", ".data/demo", "Training workdir.")
+_WORKDIR = define_path_flag("workdir", ".data/demo", "Training workdir.")
 _SUITE = config_flags.DEFINE_config_file(
     "suite", config_files.resolve("suites/fashion_halves"), "Suite run after the single-model demo."
 )
-_SUITE_WORKDIR = flags.DEFINE_string("suite_workdir", ".data/suite", "The suite's directory.")
+_SUITE_WORKDIR = define_path_flag("suite_workdir", ".data/suite", "The suite's directory.")
 _RUN_SUITE = flags.DEFINE_boolean("run_suite", True, "Run the suite after the demo.")
-_DATA_DIR = flags.DEFINE_string(
-    "data_dir", None, "TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)."
-)
-_MANUAL_DIR = flags.DEFINE_string(
+_DATA_DIR = define_path_flag("data_dir", None, input_pipeline.DATA_DIR_RULE)
+_MANUAL_DIR = define_path_flag(
     "manual_dir", None, "Source files for the builder (default: the builder's own default)."
 )
 _COMPILATION_CACHE = define_compilation_cache_flag()
@@ -58,7 +61,8 @@ def print_result(result: dict, train_seconds: float) -> None:
     print("\n" + "\n".join(f"  {name:<{width}}  {value}" for name, value in rows))
 
 
-def run(config, workdir: str, data_dir: str, manual_dir: str | None) -> None:
+def run(config, workdir: str, data_dir: str | None, manual_dir: str | None) -> None:
+    data_dir = input_pipeline.resolve_data_dir(data_dir)
     config.data.data_dir = data_dir
     prepare_dataset(config.data.name, data_dir, manual_dir)
     start = time.perf_counter()
@@ -70,7 +74,7 @@ def run(config, workdir: str, data_dir: str, manual_dir: str | None) -> None:
 
 
 def main(argv: list[str]) -> None:
-    data_dir = _DATA_DIR.value or input_pipeline.default_data_dir()
+    data_dir = _DATA_DIR.value  # None: the default rule, resolved (and logged) in run()
     config, workdir, manual_dir = _CONFIG.value, _WORKDIR.value, _MANUAL_DIR.value
     # The cache also lets the suite's runs share programs.
     cache = _COMPILATION_CACHE.value

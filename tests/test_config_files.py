@@ -34,7 +34,7 @@ def test_names_resolve_from_any_directory(value, expected, tmp_path, monkeypatch
 def test_an_existing_file_wins(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "resnet50.py").write_text("")
-    assert config_files.resolve("resnet50.py:x") == "resnet50.py:x"
+    assert config_files.resolve("resnet50.py:x") == f"{tmp_path}/resnet50.py:x"  # absolute
     assert config_files.resolve("gs://bucket/c.py") == "gs://bucket/c.py"
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from absl import flags
 from etils import epath
 
-from imagenot_jax.cli import define_compilation_cache_flag, run_command
+from imagenot_jax.cli import define_compilation_cache_flag, define_path_flag, run_command
 from imagenot_jax.data import input_pipeline
 from imagenot_jax.errors import MissingInputError, UserError
 from imagenot_jax.evaluate import predict, views
@@ -247,11 +247,11 @@ def format_result(result: dict[str, Any]) -> str:
 def define_flags() -> None:
     """Flags of the command line (defined only when run as a program, so importing this module
     from another absl program does not clash with its flags)."""
-    flags.DEFINE_string("workdir", None, "Training workdir (config.json + checkpoints).")
+    define_path_flag("workdir", None, "Training workdir (config.json + checkpoints).")
     flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
     flags.DEFINE_string("dataset", None, "TFDS name[/config] (default: the run's).")
     flags.DEFINE_string("split", None, "Split (default: the run's eval split).")
-    flags.DEFINE_string("data_dir", None, "TFDS data dir (default: the run's).")
+    define_path_flag("data_dir", None, "TFDS data dir (default: the run's).")
     flags.DEFINE_integer("batch_size", None, "Global eval batch size.")
     flags.DEFINE_boolean("ema", True, "Use the EMA weights when the run kept them.")
     flags.DEFINE_string(

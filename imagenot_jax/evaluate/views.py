@@ -314,7 +314,7 @@ def training_class_names(name: str, data_dir: str | None) -> list[str] | None:
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)  # TFDS warns about an unprepared dataset's folder
     try:
-        builder = tfds.builder(name, data_dir=data_dir or input_pipeline.default_data_dir())
+        builder = tfds.builder(name, data_dir=input_pipeline.resolve_data_dir(data_dir))
         features = builder.info.features
     except (tfds.core.registered.DatasetNotFoundError, OSError, ValueError, KeyError):
         return None

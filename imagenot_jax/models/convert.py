@@ -252,6 +252,8 @@ def convert_study_models(out: str) -> dict[str, epath.Path]:
 
 def define_flags() -> None:
     """Flags of the command line (only when run as a program, as in imagenot_jax.evaluate)."""
+    from imagenot_jax.cli import define_path_flag
+
     flags.DEFINE_string(
         "weights",
         None,
@@ -266,8 +268,8 @@ def define_flags() -> None:
         "table's, IMAGENET1K_V1) to --out/<model>.",
     )
     flags.DEFINE_string("model", None, "Registered model name (torchvision's), e.g. resnet152.")
-    flags.DEFINE_string("torch_weights", None, "torchvision state_dict file (.pth); needs --model.")
-    flags.DEFINE_string("out", None, "Output workdir (config.json + checkpoints/0).")
+    define_path_flag("torch_weights", None, "torchvision state_dict file (.pth); needs --model.")
+    define_path_flag("out", None, "Output workdir (config.json + checkpoints/0).")
     flags.DEFINE_integer(
         "num_classes", None, "Classes of the weights' head (default: 1000, or the weights')."
     )

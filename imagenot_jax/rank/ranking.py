@@ -38,7 +38,7 @@ import numpy as np
 from absl import flags
 from etils import epath
 
-from imagenot_jax.cli import run_command
+from imagenot_jax.cli import absolute_path, define_path_flag, run_command
 from imagenot_jax.errors import MissingInputError, UserError
 from imagenot_jax.evaluate.metrics import clopper_pearson
 from imagenot_jax.rank import reference, report, stats, tables
@@ -158,7 +158,7 @@ def _expand(item: str) -> list[tuple[str | None, epath.Path]]:
             raise MissingInputError(f"{path}: matches no file")
         if name is not None and len(paths) > 1:
             raise UserError(f"{item}: a name can label one path, the pattern matches {paths}")
-        return [(name, epath.Path(p)) for p in paths]
+        return [(name, epath.Path(absolute_path(p))) for p in paths]
     if not epath.Path(path).exists():
         known = ", ".join(reference.REFERENCE_SETS)
         if "/" not in path and not path.endswith(tables.TABLE_SUFFIXES):
@@ -166,7 +166,7 @@ def _expand(item: str) -> list[tuple[str | None, epath.Path]]:
         raise MissingInputError(
             f"{path}: not found (expected a workdir, an eval JSON, a results table or {known})"
         )
-    return [(name, epath.Path(path))]
+    return [(name, epath.Path(absolute_path(path)))]
 
 
 def load_result_set(
@@ -450,7 +450,7 @@ def define_flags() -> None:
         "set_metric", None, "LABEL=METRIC, repeated: the metric of one --set set, ranked as "
         "--metric's (e.g. ReaL=real_top1 beside top1 sets).",
     )  # fmt: skip
-    flags.DEFINE_string("out", None, "Output directory of ranking.json, reports and figures.")
+    define_path_flag("out", None, "Output directory of ranking.json, reports and figures.")
     flags.DEFINE_string("base", "alexnet", "Base model of the relative improvements.")
     flags.DEFINE_enum("metric", "top1", list(METRICS), "Accuracy metric compared.")
     flags.DEFINE_integer("bootstrap", 1000, "Bootstrap draws over test examples (0: none).")

@@ -125,9 +125,7 @@ def _prepare_datasets(suite: ml_collections.ConfigDict, data_dir: str | None) ->
         spec = datasets.get(name)
         if spec.builder:
             try:
-                datasets.prepare_dataset(
-                    spec.tfds_name, data_dir or input_pipeline.default_data_dir()
-                )
+                datasets.prepare_dataset(spec.tfds_name, input_pipeline.resolve_data_dir(data_dir))
             except FileExistsError:  # TFDS's final rename: another process built it first
                 print(f"suite: {spec.tfds_name} was built by another process")
 
