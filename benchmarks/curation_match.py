@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 import pyarrow as pa
 
-from curation import engine, files, laion, match, testing, text
+from curation import caption_rules, engine, files, laion, match, testing, text
 from curation.text import decode_utf8, joined_text, normalize
 
 INDEX_NOUN = pathlib.Path("/usr/share/wordnet/index.noun")
@@ -125,8 +125,10 @@ def profile_stages(data: dict, lexicon: text.Lexicon) -> tuple[dict[str, float],
         table = step("read parquet", laion.read_row_group, shard, index)
         captions, _ = step("decode UTF-8", decode_utf8, table.column("caption"))
         joined, ends = step("normalize + join", joined_text, captions)
-        caption, lemma = step("automaton pass", text.find_in_text, lexicon, joined, ends)
-        found = step("resolve synsets", text.resolve, lexicon, caption, lemma, True)
+        caption, lemma, end = step("automaton pass", text.find_spans, lexicon, joined, ends)
+        keep = step("nested lemmas", caption_rules.outermost, lexicon, lemma, end)
+        caption, lemma = caption[keep], lemma[keep]
+        found = step("resolve synsets", text.resolve, lexicon, caption, lemma, "drop")
         out = step("output rows", match.output_table, lexicon, shard, index, table, captions, found)
         step("write parquet", files.write_parquet_atomic, out, data["workdir"] / "profile.parquet")
         stats["lemma hits"] += len(lemma)

@@ -4,10 +4,12 @@ Every normalized lemma of every candidate synset (W/classes/candidates.parquet) 
 with spaces, into one Aho-Corasick automaton; a row group's captions are normalized as whole
 Arrow columns and joined into one string, and a single pass of the automaton over it finds
 every whole-word occurrence of every lemma, overlapping ones included (`curation.text`).
-A caption whose lemmas belong to more than one synset is dropped (by default); a synset
-matched by several lemmas of the same caption gives one row, with the longest of them (ties:
-the one listed first for the synset). Note that "hot dog" holds the lemma "dog": a caption
-saying "hot dog" matches both synsets, so it is dropped as multi-synset.
+A lemma occurrence nested in a longer matched one does not count (`match.longest_match`, on by
+default): "hot dog" is not also "dog". A caption whose lemmas belong to more than one synset is
+dropped, or kept once per synset, or kept for the synset of its head noun
+(`match.multi_synset`: drop, best, head_noun; see `curation.caption_rules`); a synset matched by
+several lemmas of the same caption gives one row, with the longest of them (ties: the one listed
+first for the synset).
 
 Tasks are (input file, row group), run by `curation.engine`; each writes
 W/match/_parts/<shard>.rgNNNNN.parquet atomically; then each shard's parts are concatenated in
@@ -35,9 +37,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from absl import logging
 
-from curation import cli, engine, files, laion
+from curation import caption_rules, cli, engine, files, laion
 from curation.errors import CurationError
-from curation.text import Found, Lexicon, build_lexicon, decode_utf8, find_lemmas, resolve
+from curation.text import (
+    Found,
+    Lexicon,
+    build_lexicon,
+    decode_utf8,
+    find_spans,
+    joined_text,
+    resolve,
+)
 
 OUT_DIR = "match"
 PARTS_DIR = "_parts"
@@ -62,8 +72,10 @@ COUNTS = (
     "captions",
     "null_captions",
     "invalid_utf8_captions",
+    "nested_lemmas_suppressed",
     "matched_captions",
     "multi_synset_captions",
+    "kept_multi_synset",
     "dropped_multi_synset",
     "rows",
 )
@@ -75,10 +87,21 @@ DELAY_ENV = "CURATION_MATCH_TEST_DELAY_S"
 def defaults() -> ml_collections.ConfigDict:
     """config.match: how lemma matches become (sample, class) rows."""
     c = ml_collections.ConfigDict()
-    # Drop captions whose lemmas belong to more than one candidate synset (ambiguous samples);
-    # False: keep them, one output row per matched synset.
-    c.drop_multi_synset = True
+    # A lemma occurrence inside a longer matched one does not count ("hot dog" is not "dog").
+    c.longest_match = True
+    # Captions whose lemmas belong to more than one candidate synset: "drop" them (ambiguous
+    # samples); "best": keep one row per synset (select keeps each sample's best-scoring
+    # class); "head_noun": keep the synset of the last matched lemma before the first
+    # preposition or comma after the first match ("sunset over the ocean" -> sunset).
+    c.multi_synset = "drop"
     return c
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    policy = config.match.multi_synset
+    if policy not in caption_rules.MULTI_SYNSET_POLICIES:
+        known = ", ".join(caption_rules.MULTI_SYNSET_POLICIES)
+        raise CurationError(f"config.match.multi_synset={policy!r}: expected one of {known}")
 
 
 def load_lexicon(path: pathlib.Path) -> Lexicon:
@@ -106,6 +129,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     """Matches config.laion.paths against W/classes/candidates.parquet into W/match/."""
     workdir = pathlib.Path(workdir)
     out_dir, candidates = workdir / OUT_DIR, workdir / files.CANDIDATES
+    check_config(config)
     lexicon = load_lexicon(candidates)  # before forking: workers inherit it
     if not str(config.laion.paths).strip():
         raise CurationError("config.laion.paths is empty: give the LAION parquet files (globs)")
@@ -147,19 +171,43 @@ def match_table(task: dict[str, Any]) -> tuple[pa.Table, dict[str, int]]:
     lexicon = load_lexicon(task["candidates"])
     table = laion.read_row_group(shard, task["row_group"])
     captions, invalid = decode_utf8(table.column("caption"))
-    caption, lemma = find_lemmas(lexicon, captions)
-    found = resolve(lexicon, caption, lemma, drop_multi_synset=task["drop_multi_synset"])
+    found, counts = match_captions(lexicon, captions, task["longest_match"], task["multi_synset"])
     out = output_table(lexicon, shard, task["row_group"], table, captions, found)
     counts = {
         "captions": len(captions),
         "null_captions": captions.null_count,
         "invalid_utf8_captions": invalid,
-        "matched_captions": found.matched,
-        "multi_synset_captions": found.multi,
-        "dropped_multi_synset": found.multi if task["drop_multi_synset"] else 0,
+        **counts,
         "rows": len(out),
     }
     return out, counts
+
+
+def match_captions(
+    lexicon: Lexicon, captions: pa.Array, longest_match: bool, multi_synset: str
+) -> tuple[Found, dict[str, int]]:
+    """The (caption, synset, lemma) rows of a batch of decoded captions under the caption rules,
+    and the rules' counts."""
+    text, ends = joined_text(captions)
+    caption, lemma, end = find_spans(lexicon, text, ends)
+    nested = 0
+    if longest_match:
+        keep = caption_rules.outermost(lexicon, lemma, end)
+        nested = int(len(keep) - keep.sum())
+        caption, lemma, end = caption[keep], lemma[keep], end[keep]
+    head = None
+    if multi_synset == "head_noun":
+        cuts = caption_rules.boundaries(captions, text, ends)
+        head = caption_rules.heads(caption, end, cuts, ends)
+    found = resolve(lexicon, caption, lemma, multi_synset, head)
+    kept = found.multi if multi_synset == "best" else found.kept_multi
+    return found, {
+        "nested_lemmas_suppressed": nested,
+        "matched_captions": found.matched,
+        "multi_synset_captions": found.multi,
+        "kept_multi_synset": kept,
+        "dropped_multi_synset": found.multi - kept,
+    }
 
 
 def output_table(
@@ -222,7 +270,8 @@ def _tasks(shard, out_dir, candidates, settings, config) -> list[dict[str, Any]]
                 row_group=index,
                 part=part,
                 candidates=candidates,
-                drop_multi_synset=bool(config.match.drop_multi_synset),
+                longest_match=bool(config.match.longest_match),
+                multi_synset=str(config.match.multi_synset),
                 settings=settings,
                 input=stamp,
             )
@@ -259,7 +308,8 @@ def _settings(candidates: pathlib.Path, config: ml_collections.ConfigDict) -> st
     return json.dumps(
         {
             "candidates_sha256": digest,
-            "drop_multi_synset": bool(config.match.drop_multi_synset),
+            "longest_match": bool(config.match.longest_match),
+            "multi_synset": str(config.match.multi_synset),
             "columns": config.laion.columns.to_dict(),
         },
         sort_keys=True,
@@ -316,7 +366,8 @@ def _summarize(shards, out_dir: pathlib.Path, lexicon: Lexicon, config) -> dict[
         "candidate_classes": len(lexicon.wnids),
         "candidate_lemmas": len(lexicon.lemmas),
         "classes_matched": sum(1 for n in per_class.values() if n),
-        "drop_multi_synset": bool(config.match.drop_multi_synset),
+        "longest_match": bool(config.match.longest_match),
+        "multi_synset": str(config.match.multi_synset),
         "engine": config.engine.name,
         "per_class": dict(sorted(per_class.items())),
     }

@@ -5,7 +5,9 @@
   metadata parquet holding given captions (other columns made up, deterministic).
 - `synthetic_captions(n, lexicon, seed)`: LAION-like alt texts with lemmas of `lexicon` in them.
 - `write_laion_fixture(dir)`: two small shards (both column spellings) whose every expected
-  match is known: `LaionFixture.expected(drop_multi_synset)` is the exact match output.
+  match is known: `LaionFixture.expected(multi_synset)` is the exact match output.
+- `CAPTION_RULES_*`: synsets and captions for the caption rules (nested lemmas, the three
+  multi-synset policies), with the synsets each policy gives each caption.
 """
 
 from __future__ import annotations
@@ -206,11 +208,13 @@ class LaionFixture:
     paths: str  # config.laion.paths for the shards (a glob)
     matches: tuple[tuple[int, int, str, str], ...]  # (shard index, row, wnid, lemma)
     multi_synset: tuple[tuple[int, int, str, str], ...]  # the same, of multi-synset captions
-    counts: Mapping[str, int]  # summary counts with drop_multi_synset=True
+    counts: Mapping[str, int]  # summary counts with the default config.match
 
-    def expected(self, drop_multi_synset: bool = True) -> pa.Table:
-        """The exact match output (all shards, in file then row then candidates order)."""
-        rows = sorted(self.matches + (() if drop_multi_synset else self.multi_synset))
+    def expected(self, multi_synset: str = "drop") -> pa.Table:
+        """The exact match output (all shards, in file then row then candidates order) with
+        longest-match suppression and the policy `multi_synset` (its multi-synset captions
+        have no head noun of one sense: head_noun drops them too)."""
+        rows = sorted(self.matches + (self.multi_synset if multi_synset == "best" else ()))
         order = {w: i for i, w in enumerate(pq.read_table(self.candidates)["wnid"].to_pylist())}
         rows.sort(key=lambda r: (r[0], r[1], order[r[2]]))
         out = []
@@ -244,7 +248,8 @@ class LaionFixture:
         return pa.Table.from_pylist(out, schema=SCHEMA)
 
 
-# (wnid, name, lemmas): "hot dog" holds the lemma "dog"; "bank" is in two synsets.
+# (wnid, name, lemmas): "hot dog" holds the lemma "dog" (nested: not counted); "bank" is in two
+# synsets.
 FIXTURE_SYNSETS = (
     ("n02084071", "dog", ["dog", "domestic dog", "Canis familiaris"]),
     ("n02121808", "domestic cat", ["domestic cat", "house cat", "Felis domesticus"]),
@@ -259,7 +264,7 @@ FIXTURE_SYNSETS = (
 # Shard 0: LAION spelling, string captions, row groups of 4.
 FIXTURE_CAPTIONS_0 = (
     "A DOG on the beach!",  # dog
-    "hotdog-stand: Hot Dog & fries",  # hotdog ("hot dog": longest) + dog ("dog"): multi
+    "hotdog-stand: Hot Dog & fries",  # hotdog ("hot dog": longest); its "dog" is nested
     None,
     "Jack-O'-Lantern!!! (carved)",  # punctuation inside a lemma
     "dogma and catalogs",  # no whole word
@@ -293,6 +298,7 @@ def write_laion_fixture(directory: pathlib.Path) -> LaionFixture:
     )  # fmt: skip
     matches = (
         (0, 0, "n02084071", "dog"),
+        (0, 1, "n07697537", "hot dog"),
         (0, 3, "n03590841", "jack o lantern"),
         (0, 5, "n07697537", "red hot"),
         (0, 6, "n03417042", "garbage truck"),
@@ -303,8 +309,6 @@ def write_laion_fixture(directory: pathlib.Path) -> LaionFixture:
         (1, 5, "n03417042", "dustcart"),
     )
     multi_synset = (
-        (0, 1, "n02084071", "dog"),
-        (0, 1, "n07697537", "hot dog"),
         (1, 2, "n09213565", "bank"),
         (1, 2, "n08420278", "bank"),
     )
@@ -312,11 +316,39 @@ def write_laion_fixture(directory: pathlib.Path) -> LaionFixture:
         "captions": 14,
         "null_captions": 2,
         "invalid_utf8_captions": 1,
+        "nested_lemmas_suppressed": 1,
         "matched_captions": 11,
-        "multi_synset_captions": 2,
-        "dropped_multi_synset": 2,
-        "rows": 9,
+        "multi_synset_captions": 1,
+        "kept_multi_synset": 0,
+        "dropped_multi_synset": 1,
+        "rows": 10,
     }
     paths = str(directory / "laion" / "*.parquet")
     styles = ("laion", "relaion")
     return LaionFixture(candidates, shards, styles, paths, matches, multi_synset, counts)
+
+
+# The caption rules on captions that need them: (wnid, name, lemmas).
+CAPTION_RULES_SYNSETS = (
+    ("n1", "sunset", ["sunset", "sundown"]),
+    ("n2", "ocean", ["ocean", "sea"]),
+    ("n3", "dog", ["dog"]),
+    ("n4", "hotdog", ["hot dog", "hotdog"]),
+    ("n5", "cat", ["cat", "house cat"]),
+    ("n6", "beach", ["beach"]),
+    ("n7", "bank", ["bank"]),
+    ("n8", "depository financial institution", ["bank"]),
+)
+# (caption, {policy: wnids of its output rows}); "nested" is the policy drop without
+# longest-match suppression.
+CAPTION_RULES_CAPTIONS = (
+    ("Sunset over the ocean", {"drop": [], "best": ["n1", "n2"], "head_noun": ["n1"]}),
+    ("hot dog with mustard", {"drop": ["n4"], "best": ["n4"], "head_noun": ["n4"], "nested": []}),
+    ("A dog on the beach at sunset", {"drop": [], "best": ["n1", "n3", "n6"], "head_noun": ["n3"]}),
+    ("house cat, dog and ocean", {"drop": [], "best": ["n2", "n3", "n5"], "head_noun": ["n5"]}),
+    ("dog and cat", {"drop": [], "best": ["n3", "n5"], "head_noun": ["n5"]}),
+    ("In the ocean, a dog", {"drop": [], "best": ["n2", "n3"], "head_noun": ["n2"]}),
+    ("river bank by the sea", {"drop": [], "best": ["n2", "n7", "n8"], "head_noun": []}),
+    ("Dog!", {"drop": ["n3"], "best": ["n3"], "head_noun": ["n3"]}),
+    ("no synset here", {"drop": [], "best": [], "head_noun": []}),
+)

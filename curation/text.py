@@ -151,13 +151,15 @@ class Lexicon:
 @dataclasses.dataclass(frozen=True, eq=False)
 class Found:
     """Resolved matches of a batch of captions: one entry per output row, sorted by caption
-    then synset; `matched`/`multi`: captions with >= 1 / > 1 synsets (before any drop)."""
+    then synset; `matched`/`multi`: captions with >= 1 / > 1 synsets (before any drop);
+    `kept_multi`: multi-synset captions kept with one synset (policy head_noun)."""
 
     caption: np.ndarray
     wnid: np.ndarray
     lemma: np.ndarray
     matched: int
     multi: int
+    kept_multi: int = 0
 
 
 def build_lexicon(wnids: list[str], lemma_lists: list[list[str]]) -> Lexicon:
@@ -197,23 +199,52 @@ def find_lemmas(lexicon: Lexicon, captions: pa.Array) -> tuple[np.ndarray, np.nd
 
 def find_in_text(lexicon: Lexicon, text: str, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """`find_lemmas` over captions already joined by `text.joined_text`."""
+    return find_spans(lexicon, text, ends)[:2]
+
+
+def find_spans(lexicon: Lexicon, text: str, ends: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(caption index, lemma id, end offset) of every whole-word lemma occurrence in the joined
+    `text`, in text order (end offset: the space after the lemma, in code points)."""
     if not len(lexicon.lemmas) or not text:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     # (end offset, lemma id) pairs, flattened: no Python object per match survives.
     flat = np.fromiter(itertools.chain.from_iterable(lexicon.automaton.iter(text)), np.int64)
-    return np.searchsorted(ends, flat[0::2], side="right"), flat[1::2]
+    return np.searchsorted(ends, flat[0::2], side="right"), flat[1::2], flat[0::2]
 
 
 def resolve(
-    lexicon: Lexicon, caption: np.ndarray, lemma: np.ndarray, drop_multi_synset: bool
+    lexicon: Lexicon,
+    caption: np.ndarray,
+    lemma: np.ndarray,
+    policy: str = "drop",
+    head: np.ndarray | None = None,
 ) -> Found:
     """Lemma matches (`caption` ascending, as `find_lemmas` gives them) -> one (caption,
     synset, lemma) per matched pair, the lemma being the longest (then first listed) of that
-    synset's matches in that caption; captions of more than one synset dropped if
-    `drop_multi_synset`."""
+    synset's matches in that caption. Captions of more than one synset, by `policy`: `drop`
+    them; keep each of their synsets (`best`: select then keeps each sample's best-scoring
+    class); or keep the synset of their head occurrence (`head_noun`: `head` holds one index
+    into `caption`/`lemma` per matched caption, see caption_rules.heads; dropped if that lemma
+    has several senses)."""
     if not len(caption):
         return Found(caption, caption, caption, matched=0, multi=0)
-    return (_resolve_single if drop_multi_synset else _resolve_all)(lexicon, caption, lemma)
+    if policy == "best":
+        return _resolve_all(lexicon, caption, lemma)
+    single = _resolve_single(lexicon, caption, lemma)
+    if policy == "drop":
+        return single
+    if policy != "head_noun" or head is None:
+        raise ValueError(f"policy {policy!r} (head given: {head is not None})")
+    picked = head[~np.isin(caption[head], single.caption)]  # the multi-synset captions
+    by_head = _resolve_single(lexicon, caption[picked], lemma[picked])
+    merged = [np.concatenate([getattr(single, f), getattr(by_head, f)]) for f in _ROWS]
+    order = np.argsort(merged[0], kind="stable")
+    rows = dict(zip(_ROWS, (m[order] for m in merged), strict=True))
+    kept = len(by_head.caption)
+    return Found(**rows, matched=single.matched, multi=single.multi, kept_multi=kept)
+
+
+_ROWS = ("caption", "wnid", "lemma")
 
 
 def _resolve_single(lexicon: Lexicon, caption: np.ndarray, lemma: np.ndarray) -> Found:

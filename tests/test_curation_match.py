@@ -130,7 +130,7 @@ def test_resolve_keeps_longest_lemma_and_drops_multi_synset():
     caption = np.array([0, 0, 0, 1, 2, 2])
     lemma = np.array([lexicon.lemmas.to_pylist().index(m) for m in
                       ["cab", "car", "motor car", "bank", "cab", "car"]])  # fmt: skip
-    kept = text.resolve(lexicon, caption, lemma, drop_multi_synset=True)
+    kept = text.resolve(lexicon, caption, lemma, "drop")
     assert (kept.matched, kept.multi) == (3, 1)
     rows = list(
         zip(
@@ -142,7 +142,7 @@ def test_resolve_keeps_longest_lemma_and_drops_multi_synset():
     )
     # Caption 2: "car" and "cab" tie in length: the one listed first for the synset wins.
     assert rows == [(0, "n1", "motor car"), (2, "n1", "car")]
-    everything = text.resolve(lexicon, caption, lemma, drop_multi_synset=False)
+    everything = text.resolve(lexicon, caption, lemma, "best")
     wnids = lexicon.wnids.take(everything.wnid).to_pylist()
     assert list(zip(everything.caption, wnids, strict=True)) == [
         (0, "n1"), (1, "n2"), (1, "n3"), (2, "n1")
@@ -156,8 +156,8 @@ def test_resolve_fast_single_synset_path_equals_full_expansion():
     lexicon = text.build_lexicon([f"n{i}" for i in range(30)], lemma_lists)
     caption = np.sort(rng.integers(0, 300, 600))
     lemma = rng.integers(0, len(lexicon.lemmas), 600)
-    single = text.resolve(lexicon, caption, lemma, drop_multi_synset=True)
-    full = text.resolve(lexicon, caption, lemma, drop_multi_synset=False)
+    single = text.resolve(lexicon, caption, lemma, "drop")
+    full = text.resolve(lexicon, caption, lemma, "best")
     captions, rows = np.unique(full.caption, return_counts=True)
     one = np.isin(full.caption, captions[rows == 1])
     assert 0 < single.multi < single.matched == full.matched and single.multi == full.multi
@@ -169,7 +169,7 @@ def test_match_fixture_exact_output(fixture):
     summary = match.run(_config(fixture.paths, workers=2), _workdir(fixture))
     assert _output(_workdir(fixture)).equals(fixture.expected())
     assert {k: summary[k] for k in fixture.counts} == fixture.counts
-    assert summary["samples"] == 9 and summary["classes_matched"] == 7
+    assert summary["samples"] == 10 and summary["classes_matched"] == 7
     assert summary["per_class"]["n03417042"] == 2 and summary["per_class"]["n09213565"] == 0
     on_disk = json.loads((_workdir(fixture) / "match" / "summary.json").read_text())
     assert on_disk == summary
@@ -178,10 +178,11 @@ def test_match_fixture_exact_output(fixture):
 
 def test_match_fixture_keeping_multi_synset_captions(fixture):
     config = _config(fixture.paths)
-    config.match.drop_multi_synset = False
+    config.match.multi_synset = "best"
     summary = match.run(config, _workdir(fixture))
-    assert _output(_workdir(fixture)).equals(fixture.expected(drop_multi_synset=False))
-    assert summary["dropped_multi_synset"] == 0 and summary["rows"] == 13
+    assert _output(_workdir(fixture)).equals(fixture.expected("best"))
+    assert summary["dropped_multi_synset"] == 0 and summary["rows"] == 12
+    assert summary["kept_multi_synset"] == 1
 
 
 def test_id_column_keys_and_duplicates(tmp_path):
@@ -194,7 +195,7 @@ def test_id_column_keys_and_duplicates(tmp_path):
     config.laion.columns.id = "uid"
     match.run(config, _workdir(fx))
     keys = _output(_workdir(fx)).column("key").to_pylist()
-    assert keys == ["a_1", "d_4", "f", "g", "h"]
+    assert keys == ["a_1", "b_2", "d_4", "f", "g", "h"]
 
     duplicated = table.append_column("uid", pa.array(["x", "y", "z", "x", "w", "v", "u", "x"]))
     files.write_parquet_atomic(duplicated, tmp_path / "dup" / "dup.parquet")
@@ -295,7 +296,7 @@ def test_rerun_with_other_settings_is_refused_and_stale_parts_removed(fixture):
     match.run(_config(fixture.paths), workdir)
     assert not stale.exists()
     config = _config(fixture.paths)
-    config.match.drop_multi_synset = False
+    config.match.multi_synset = "best"
     with pytest.raises(CurationError, match=r"part-00000\.parquet: made with other"):
         match.run(config, workdir)
 
