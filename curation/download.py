@@ -5,15 +5,14 @@
 
 img2dataset names samples by its own sequential key (shard * 10**k + row) and reserves the
 column name `key`, so the manifest key travels as the extra column `manifest_key` into each
-sample's .json; after img2dataset finishes a shard, its tar is rewritten member by member with
-`{manifest_key}.jpg/.json/.txt` names (img2dataset's key stays in the .json), which is what the
-TFDS builder looks up (tar member stem == manifest key).
+sample's .json and into the per-shard parquet img2dataset writes beside each tar
+(`NNNNN.parquet`: its key, status, manifest_key). The TFDS builder maps members to manifest keys
+through that parquet (tfds_imagenot/imagenot/shards.py), so the tars stay as img2dataset wrote
+them: nothing is rewritten, no second copy of the images.
 
 Resuming: img2dataset's incremental mode skips every shard with a `NNNNN_stats.json`, which it
 writes only after the tar is closed, so a killed shard has no stats and is downloaded again from
-scratch (never duplicated). The rename writes a temporary tar and renames it over the original,
-and a marker in W/download/renamed/ records the (size, mtime) of the renamed tar; renaming is
-idempotent (names come from the .json), so a kill between the two only costs a redo.
+scratch (never duplicated).
 Shards are numbered by row position in urls.parquet, so resuming with a different manifest or
 shard size would mix two layouts: that is refused (see `_write_url_list`).
 """
@@ -21,14 +20,12 @@ shard size would mix two layouts: that is refused (see `_write_url_list`).
 from __future__ import annotations
 
 import collections
-import io
 import json
 import math
 import os
 import pathlib
 import signal
-import tarfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import ml_collections
 import pyarrow as pa
@@ -114,11 +111,9 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
         if distributor == "ray":
             engine.init_ray((config.get("engine") or {}).get("ray_address") or "")
         _img2dataset(**img2dataset_kwargs(cfg, urls_path, images_dir, distributor))
-        done = complete_shards(images_dir)  # renaming keeps every stats file and tar
-    renamed = rename_shards(images_dir, state_dir / "renamed", shard_names(num_shards), done)
-    summary = summarize(images_dir, state_dir, urls.num_rows, num_shards, done)
+        done = complete_shards(images_dir)
+    summary = summarize(images_dir, urls.num_rows, num_shards, done)
     summary["shards_downloaded_now"] = len(set(done) - set(before))
-    summary["shards_renamed_now"] = renamed
     _report(summary)
     state_dir.mkdir(parents=True, exist_ok=True)
     files.write_json(state_dir / "summary.json", summary)
@@ -311,106 +306,20 @@ def _img2dataset(**kwargs) -> None:
         signal.signal(signal.SIGINT, handler)
 
 
-# --- renaming members to manifest keys -------------------------------------------------------
-
-
-def rename_shards(
-    images_dir: pathlib.Path, marker_dir: pathlib.Path, names: list[str], done: Mapping[str, dict]
-) -> int:
-    """Rename the members of every complete (`done`: complete_shards), not yet renamed shard;
-    returns how many."""
-    todo = [
-        name
-        for name in sorted(done)
-        if name in names and _marker(images_dir / f"{name}.tar", marker_dir) is None
-    ]
-    for name in files.progress(todo, desc="rename members", unit="shard"):
-        counts = rename_members(images_dir / f"{name}.tar")
-        stat = (images_dir / f"{name}.tar").stat()
-        marker = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, **counts}
-        marker_dir.mkdir(parents=True, exist_ok=True)
-        files.write_json(marker_dir / f"{name}.json", marker, indent=None)
-    return len(todo)
-
-
-def _marker(tar: pathlib.Path, marker_dir: pathlib.Path) -> dict | None:
-    """The rename marker of `tar`, if it describes the tar as it is now."""
-    try:
-        marker = json.loads((marker_dir / f"{tar.stem}.json").read_text())
-        stat = tar.stat()
-    except (OSError, ValueError):
-        return None
-    if (marker.get("size"), marker.get("mtime_ns")) != (stat.st_size, stat.st_mtime_ns):
-        return None
-    return marker
-
-
-def rename_members(tar_path: pathlib.Path) -> dict[str, int]:
-    """Rewrite a tar with each sample's members named by its .json's manifest_key, streaming one
-    sample at a time; atomically replaces the tar. Returns {"images": n, "unnamed": m}."""
-    counts = {"images": 0, "unnamed": 0}
-    with (
-        files.atomic_path(tar_path) as tmp,
-        tarfile.open(tar_path, "r:") as src,
-        tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as dst,
-    ):
-        for stem, members in _samples(src):
-            key = _manifest_key(members)
-            if key is None:
-                counts["unnamed"] += 1
-                logging.warning("download: %s: sample %s has no %s", tar_path, stem, KEY_COLUMN)
-                key = stem
-            for info, data in members:
-                suffix = info.name.rsplit("/", 1)[-1][len(stem) :]
-                info.name = key + suffix
-                dst.addfile(info, io.BytesIO(data))
-                counts["images"] += suffix[1:] in ENCODE_FORMATS
-    return counts
-
-
-def _samples(tar: tarfile.TarFile) -> Iterator[tuple[str, list[tuple[tarfile.TarInfo, bytes]]]]:
-    """Consecutive members sharing a stem ('000012.jpg', '000012.json', ...), with their bytes."""
-    stem, members = None, []
-    while (info := tar.next()) is not None:
-        tar.members.clear()  # keeps memory flat over 10,000s of members
-        if not info.isfile():
-            continue
-        name_stem = info.name.rsplit("/", 1)[-1].rpartition(".")[0]
-        if members and name_stem != stem:
-            yield stem, members
-            members = []
-        stem = name_stem
-        members.append((info, tar.extractfile(info).read()))
-    if members:
-        yield stem, members
-
-
-def _manifest_key(members: list[tuple[tarfile.TarInfo, bytes]]) -> str | None:
-    for info, data in members:
-        if info.name.endswith(".json"):
-            key = json.loads(data).get(KEY_COLUMN)
-            return key if isinstance(key, str) and key else None
-    return None
-
-
 # --- summary ---------------------------------------------------------------------------------
 
 
 def summarize(
-    images_dir: pathlib.Path,
-    state_dir: pathlib.Path,
-    rows: int,
-    num_shards: int,
-    done: Mapping[str, dict],
+    images_dir: pathlib.Path, rows: int, num_shards: int, done: Mapping[str, dict]
 ) -> dict:
     """Counts over all complete shards (`done`: complete_shards, this run's and earlier ones)
-    from img2dataset's stats."""
+    from img2dataset's stats and per-shard parquet."""
     names = [n for n in shard_names(num_shards) if n in done]
     stats = [done[n] for n in names]
     errors = collections.Counter()
     for s in stats:
         errors.update({k: v for k, v in s.get("status_dict", {}).items() if k != "success"})
-    markers = [_marker(images_dir / f"{n}.tar", state_dir / "renamed") or {} for n in names]
+    keyed = [_keyed_images(images_dir / f"{n}.parquet") for n in names]
     return {
         "images_dir": str(images_dir),
         "manifest_rows": rows,
@@ -418,10 +327,26 @@ def summarize(
         "shards_complete": len(names),
         "incomplete_shards": sorted(set(shard_names(num_shards)) - set(names)),
         **{f: sum(int(s.get(f, 0)) for s in stats) for f in _STATS_FIELDS},
-        "images": sum(m.get("images", 0) for m in markers),
-        "unnamed_samples": sum(m.get("unnamed", 0) for m in markers),
+        "images": sum(k["images"] for k in keyed),
+        "unnamed_samples": sum(k["unnamed"] for k in keyed),
         "errors": dict(errors.most_common(TOP_ERRORS)),
     }
+
+
+def _keyed_images(path: pathlib.Path) -> dict[str, int]:
+    """Successful samples of one shard's parquet, and those of them without a manifest key
+    (which the builder cannot place)."""
+    try:
+        table = pq.read_table(path, columns=["status", KEY_COLUMN])
+    except (pa.ArrowException, OSError, KeyError) as e:
+        raise CurationError(
+            f"{path}: unreadable ({e}); delete its shard to download it again"
+        ) from None
+    ok = pc.equal(table.column("status"), "success")
+    unnamed = pc.and_(
+        ok, pc.invert(pc.fill_null(pc.not_equal(table.column(KEY_COLUMN), ""), False))
+    )
+    return {"images": pc.sum(ok).as_py() or 0, "unnamed": pc.sum(unnamed).as_py() or 0}
 
 
 def _report(summary: dict) -> None:

@@ -27,6 +27,7 @@ from PIL import Image
 
 from curation import download
 from curation.errors import CurationError
+from tfds_imagenot.imagenot import shards
 from tfds_imagenot.imagenot.testing import ClassRow, ManifestRow, jpeg_bytes, write_manual_dir
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -123,35 +124,48 @@ def _members(images_dir: pathlib.Path) -> dict[str, bytes]:
     return out
 
 
+def _images(images_dir: pathlib.Path) -> dict[str, bytes]:
+    """{manifest key: image bytes} as the TFDS builder finds them (shards.index_shards)."""
+    paths = shards.find_shards(images_dir)
+    index = shards.index_shards(paths, threads=2)
+    keys = index.keys.to_pylist()
+    assert len(set(keys)) == len(keys), "a key twice"
+    return {
+        key: shards.read_member(paths[s], o, n)
+        for key, s, o, n in zip(keys, index.shard, index.offset, index.size, strict=True)
+    }
+
+
 def _image(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
 
 
-def test_members_are_named_by_manifest_key(downloaded):
+def test_tars_stay_as_downloaded_and_the_builder_finds_every_image_by_manifest_key(downloaded):
     workdir, _, _ = downloaded
     members = _members(workdir / "images")
-    assert sorted(n for n in members if n.endswith(".jpg")) == [f"{k}.jpg" for k in GOOD]
-    assert set(members) == {f"{k}.{ext}" for k in GOOD for ext in ("jpg", "json", "txt")}
+    # img2dataset's own names (10 * shard + row): no tar was rewritten.
+    assert all(n.split(".")[0].isdigit() for n in members), sorted(members)
     assert sorted(p.name for p in (workdir / "images").glob("*.tar")) == [
         "00000.tar", "00001.tar", "00002.tar"
     ]  # fmt: skip
-    meta = json.loads(members["te-1.json"])
-    assert (
-        meta["manifest_key"] == "te-1" and meta["key"] == "000021"
-    )  # img2dataset: 10 * shard + row
-    assert members["te-1.txt"] == b"a photo of te-1"
+    images = _images(workdir / "images")
+    assert sorted(images) == sorted(GOOD)
+    meta = json.loads(members["000021.json"])
+    assert meta["manifest_key"] == "te-1" and meta["key"] == "000021"
+    assert members["000021.txt"] == b"a photo of te-1"
+    assert images["te-1"] == members["000021.jpg"]
 
 
 def test_images_are_resized_reencoded_or_kept(downloaded):
-    members = _members(downloaded[0] / "images")
-    assert members["tr-small.jpg"] == FIXTURES["tr-small"][3]  # no resize, already JPEG
-    sizes = {k: _image(members[f"{k}.jpg"]).size for k in GOOD}
+    images = _images(downloaded[0] / "images")
+    assert images["tr-small"] == FIXTURES["tr-small"][3]  # no resize, already JPEG
+    sizes = {k: _image(images[k]).size for k in GOOD}
     assert sizes["tr-big"] == (96, 64) and sizes["te-1"] == (120, 64)  # shorter side = 64
     assert sizes["tr-png"] == (50, 50) and sizes["tr-gray"] == (82, 64)
     for key in ("tr-png", "va-1"):  # PNG sources are re-encoded to match the .jpg name
-        assert _image(members[f"{key}.jpg"]).format == "JPEG"
+        assert _image(images[key]).format == "JPEG"
 
 
 def test_summary_counts_every_failure(downloaded):
@@ -160,7 +174,7 @@ def test_summary_counts_every_failure(downloaded):
     expected = dict(
         manifest_rows=10, shards=3, shards_complete=3, incomplete_shards=[], count=10,
         successes=8, failed_to_download=1, failed_to_resize=1, images=8, unnamed_samples=0,
-        shards_downloaded_now=3, shards_renamed_now=3,
+        shards_downloaded_now=3,
     )  # fmt: skip
     assert {k: summary[k] for k in expected} == expected
     assert sum(summary["errors"].values()) == 2
@@ -173,7 +187,7 @@ def test_rerun_downloads_nothing_and_keeps_the_tars(downloaded, server):
     summary = download.run(_config(), workdir)
     assert len(server[1]) == requests  # no HTTP request at all
     assert {p.name: p.read_bytes() for p in (workdir / "images").glob("*.tar")} == tars
-    assert summary["shards_downloaded_now"] == summary["shards_renamed_now"] == 0
+    assert summary["shards_downloaded_now"] == 0
     assert {k: v for k, v in summary.items() if not k.endswith("_now")} == {
         k: v for k, v in first.items() if not k.endswith("_now")
     }
@@ -188,17 +202,15 @@ def test_a_killed_shard_is_downloaded_again_without_duplicates(downloaded, serve
     (images / "00001_stats.json").unlink()
     tar = images / "00001.tar"
     tar.write_bytes(tar.read_bytes()[:1000])
-    # Killed while renaming shard 00002: its marker is gone, a stale temporary tar is left.
-    (workdir / "download" / "renamed" / "00002.json").unlink()
-    (images / ".00002.tar.1.tmp").write_bytes(b"partial")
     requests = len(server[1])
     summary = download.run(_config(), workdir)
     assert len(server[1]) - requests == PER_SHARD  # shard 00001 only
-    assert summary["shards_downloaded_now"] == 1 and summary["shards_renamed_now"] == 2
+    assert summary["shards_downloaded_now"] == 1
     assert summary["successes"] == summary["images"] == 8
     after = _members(images)  # also asserts that no member name repeats
     assert sorted(after) == sorted(before)
     assert all(after[n] == before[n] for n in after if not n.endswith(".json"))
+    assert sorted(_images(images)) == sorted(GOOD)
 
 
 def test_tfds_build_and_grain_batch(downloaded, tmp_path):

@@ -4,6 +4,12 @@ A full ImageNot download is 100s of GB of tars; reading them to find images woul
 pass, and holding the bytes would not fit in memory. Tar headers already record where each
 member's data starts (`TarInfo.offset_data`) and how long it is, so one header pass gives a
 key -> (shard, offset, size) table and each image is later read with one seek.
+
+Keys: img2dataset names members by its own sequential key and writes, beside each tar, a parquet
+of its rows (`NNNNN.parquet`: `key`, `status` and the columns passed through, among them the
+manifest key as `manifest_key`, see curation/download.py). Members are looked up by manifest key
+through that mapping, so the tars are used as downloaded (no rewrite, no second copy). A tar
+without such a parquet has members named by manifest key already (hand-made or older tars).
 """
 
 from __future__ import annotations
@@ -16,10 +22,14 @@ import tarfile
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from absl import logging
 
 # Members with these suffixes are images; .json/.txt and anything else are ignored.
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+# The column of img2dataset's per-shard parquet holding the manifest key (img2dataset reserves
+# `key` for its own); curation/download.py passes it through.
+MANIFEST_KEY_COLUMN = "manifest_key"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,8 +70,27 @@ def _member_key(name: str) -> str | None:
     return stem
 
 
+def manifest_keys(tar: pathlib.Path) -> dict[str, str]:
+    """img2dataset key -> manifest key of the samples of `tar`, from the parquet img2dataset
+    wrote beside it ({} when there is none, or it has no manifest key column)."""
+    table_path = tar.with_suffix(".parquet")
+    if not table_path.is_file():
+        return {}
+    try:
+        names = pq.read_schema(table_path).names
+        if "key" not in names or MANIFEST_KEY_COLUMN not in names:
+            return {}
+        table = pq.read_table(table_path, columns=["key", MANIFEST_KEY_COLUMN])
+    except (pa.ArrowException, OSError) as e:
+        logging.warning("imagenot: %s is unreadable (%s); members keep their names", table_path, e)
+        return {}
+    own, ours = table.column("key").to_pylist(), table.column(MANIFEST_KEY_COLUMN).to_pylist()
+    return {k: m for k, m in zip(own, ours, strict=True) if k and m}
+
+
 def _index_one(path: pathlib.Path) -> tuple[list[str], list[int], list[int], bool]:
     """Header pass over one tar; a damaged tar keeps the members read before the damage."""
+    rename = manifest_keys(path)
     keys: list[str] = []
     offsets: list[int] = []
     sizes: list[int] = []
@@ -77,7 +106,7 @@ def _index_one(path: pathlib.Path) -> tuple[list[str], list[int], list[int], boo
                 if member.offset_data + member.size > file_size:
                     ok = False  # truncated last member (e.g. an interrupted download)
                     break
-                keys.append(key)
+                keys.append(rename.get(key, key))
                 offsets.append(member.offset_data)
                 sizes.append(member.size)
     except (tarfile.TarError, EOFError, OSError) as e:
