@@ -106,6 +106,17 @@ def _tars(directory: pathlib.Path) -> list[pathlib.Path]:
     return tars
 
 
+def _manifest_keys(tar: pathlib.Path) -> dict[str, str]:
+    """Member stem -> manifest key for a tar of the download stage: img2dataset names members
+    by its own key, and its parquet beside the tar maps them (as the TFDS builder reads them);
+    {} for tars named by key already."""
+    beside = tar.with_suffix(".parquet")
+    if not beside.is_file() or "manifest_key" not in pq.read_schema(beside).names:
+        return {}
+    table = pq.read_table(beside, columns=["key", "manifest_key"]).to_pydict()
+    return {a: b for a, b in zip(table["key"], table["manifest_key"], strict=True) if a and b}
+
+
 class ImageIndex:
     """key -> (tar, data offset, size) over the folder's webdataset shards, from the tar headers
     only, so that a caller (a parquet shard here, the diagnostics' sample) reads and decodes
@@ -116,10 +127,12 @@ class ImageIndex:
         self.tars = _tars(pathlib.Path(directory))
         self.members: dict[str, tuple[int, int, int]] = {}
         for number, path in enumerate(files.progress(self.tars, desc="index images", unit="tar")):
+            named = _manifest_keys(path)
             with tarfile.open(path) as tar:
                 for member in tar:
                     key = _image_key(member)
                     if key is not None:
+                        key = named.get(key, key)
                         self.members.setdefault(key, (number, member.offset_data, member.size))
 
     def load(self, keys: Iterable[str]) -> Iterator[tuple[str, Image.Image | None]]:

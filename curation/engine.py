@@ -106,3 +106,97 @@ def _ray_apply(row: dict[str, Any], fn: Callable[[Any], Any]) -> dict[str, Any]:
 
 
 ENGINES: Mapping[str, Callable[..., list]] = {"local": _run_local, "ray": _run_ray}
+
+
+# --- model workers: stages whose tasks need a model loaded once per worker -------------------
+
+# make_worker(worker index, *args) -> task function; module level (pickled by reference).
+WorkerFactory = Callable[..., Callable[[Any], Any]]
+
+
+def run_on_workers(
+    tasks: Sequence[T],
+    make_worker: WorkerFactory,
+    args: tuple,
+    cfg: ml_collections.ConfigDict,
+    workers: int,
+    num_gpus: float,
+    desc: str,
+) -> list[Any]:
+    """[worker(task) for task in tasks], each worker built once by `make_worker(index, *args)`
+    (a model loaded once, then used for many tasks), results in task order.
+
+    `local`: `workers` spawned processes (spawn: the parent may hold torch or CUDA state, which
+    forked children must not inherit), or this process alone for one worker. `ray`: Ray Data
+    `map_batches` over a pool of `workers` actors, each reserving `num_gpus` GPUs (Ray then
+    sets CUDA_VISIBLE_DEVICES per actor)."""
+    if cfg.name not in ENGINES:
+        raise CurationError(f"config.engine.name={cfg.name!r}: expected one of {sorted(ENGINES)}")
+    tasks = list(tasks)
+    if not tasks:
+        return []
+    workers = max(1, min(int(workers), len(tasks)))
+    bar = {"desc": desc, "total": len(tasks), "unit": "task"}
+    if cfg.name == "ray":
+        return _workers_on_ray(tasks, make_worker, args, cfg, workers, num_gpus, bar)
+    if workers == 1:
+        worker = make_worker(0, *args)
+        return [worker(task) for task in files.progress(tasks, **bar)]
+    context = multiprocessing.get_context("spawn")
+    indices = context.Queue()
+    for index in range(workers):
+        indices.put(index)
+    with context.Pool(workers, _start_worker, (make_worker, args, indices)) as pool:
+        return list(files.progress(pool.imap(_call_worker, tasks, chunksize=1), **bar))
+
+
+_WORKER: Callable[[Any], Any] | None = None  # this pool process's worker
+
+
+def _start_worker(make_worker: WorkerFactory, args: tuple, indices) -> None:
+    global _WORKER
+    _WORKER = make_worker(indices.get(), *args)
+
+
+def _call_worker(task: Any) -> Any:
+    return _WORKER(task)
+
+
+def cluster_gpus() -> float:
+    """GPUs of the Ray cluster this process is connected to."""
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+class _RayWorker:
+    """One actor of the pool: builds its worker once, then applies it to each task it gets."""
+
+    def __init__(self, make_worker: WorkerFactory, args: tuple):
+        # Index 0: an actor sees only the GPUs Ray gave it (CUDA_VISIBLE_DEVICES).
+        self._worker = make_worker(0, *args)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        results = [pickle.dumps(self._worker(pickle.loads(t))) for t in batch["task"]]
+        return {"index": batch["index"], "result": results}
+
+
+def _workers_on_ray(tasks, make_worker, args, cfg, workers, num_gpus, bar) -> list[Any]:
+    import ray
+
+    init_ray(cfg.ray_address)
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    items = [{"index": i, "task": pickle.dumps(t)} for i, t in enumerate(tasks)]
+    dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        _RayWorker,
+        fn_constructor_args=(make_worker, args),
+        batch_size=1,
+        concurrency=workers,
+        num_gpus=num_gpus,
+        num_cpus=1,
+    )
+    results: list[Any] = [None] * len(tasks)
+    for row in files.progress(dataset.iter_rows(), **bar):
+        results[row["index"]] = pickle.loads(row["result"])
+    return results

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from curation import download
+from curation import clip_score, download
 from curation.errors import CurationError
 from tfds_imagenot.imagenot import shards
 from tfds_imagenot.imagenot.testing import ClassRow, ManifestRow, jpeg_bytes, write_manual_dir
@@ -156,6 +156,8 @@ def test_tars_stay_as_downloaded_and_the_builder_finds_every_image_by_manifest_k
     assert meta["manifest_key"] == "te-1" and meta["key"] == "000021"
     assert members["000021.txt"] == b"a photo of te-1"
     assert images["te-1"] == members["000021.jpg"]
+    # The CLIP stage and the diagnostics look images up by manifest key the same way.
+    assert sorted(clip_score.ImageIndex(workdir / "images").members) == sorted(GOOD)
 
 
 def test_images_are_resized_reencoded_or_kept(downloaded):
