@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from absl import logging
 from PIL import Image
 
-from curation import cli, files, scoring
+from curation import cli, engine, files, scoring
 from curation.errors import CurationError
 
 if TYPE_CHECKING:  # annotations only: torch loads with the model (`curation.encoders`)
@@ -59,6 +59,7 @@ def defaults() -> ml_collections.ConfigDict:
     c.batch_size = 256  # Images or texts per forward pass.
     c.dtype = "float32"  # float32 | float16 (GPU only) | bfloat16.
     c.device = ""  # torch device; '' = cuda if available else cpu.
+    scoring.worker_defaults(c)  # workers, num_gpus
     return c
 
 
@@ -307,14 +308,17 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     shards = scoring.stage_inputs(workdir / "text_score", "text_score")
     out_dir = workdir / "clip_score"
     out_dir.mkdir(parents=True, exist_ok=True)
-    scorer = _Scorer(section, workdir, scoring.read_classes(workdir), out_dir)
-    processed = files.run_per_shard(shards, out_dir, scorer, desc="clip_score")
+    args = (workdir, scoring.read_classes(workdir), out_dir)
+    engine_cfg = config.get("engine") or engine.defaults()
+    processed, counts = scoring.score_shards(
+        shards, out_dir, _Scorer, args, section, engine_cfg, desc="clip_score"
+    )
     fields = {
         "enabled": True,
         "model": section.model,
         "pretrained": section.pretrained,
         "source": section.source,
-        **{f"{k}_now": v for k, v in sorted(scorer.counts.items())},
+        **{f"{k}_now": v for k, v in sorted(counts.items())},
     }
     return scoring.write_summary(
         "clip_score", out_dir, section.class_text, shards, processed, fields

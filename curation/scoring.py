@@ -8,16 +8,20 @@ transformers, which load (through `curation.encoders`) only when a stage builds 
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import string
-from collections.abc import Sequence
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
 
+import ml_collections
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from absl import logging
 
-from curation import files
+from curation import engine, files
 from curation.errors import CurationError
 from curation.text import decode_utf8
 
@@ -157,3 +161,86 @@ def stage_inputs(in_dir: pathlib.Path, previous_stage: str) -> list[pathlib.Path
     if not sorted(in_dir.glob("*.parquet")):
         raise CurationError(f"{in_dir}: no *.parquet inputs; run the {previous_stage} stage first")
     return files.input_shards(str(in_dir / "*.parquet"))
+
+
+# --- model workers --------------------------------------------------------------------------
+
+# Seconds each shard waits first: lets tests kill a stage in the middle. Never set it otherwise.
+DELAY_ENV = "CURATION_SCORE_TEST_DELAY_S"
+
+
+def worker_defaults(c: ml_collections.ConfigDict) -> None:
+    """The scoring stages' worker fields (each worker loads the model once, then scores whole
+    shards: a shard is scored the same way whichever worker gets it, so outputs do not depend
+    on the engine or the number of workers)."""
+    # Model workers: 0 = one per GPU (local: this machine's; ray: the cluster's / num_gpus),
+    # or one without GPUs; n = n processes (local, CPU ones too) or Ray actors.
+    c.workers = 0
+    # GPUs per Ray actor; -1 = 1 when the Ray cluster has GPUs, else 0 (CPU actors).
+    c.num_gpus = -1.0
+
+
+def score_shards(
+    shards: Sequence[pathlib.Path],
+    out_dir: pathlib.Path,
+    make_scorer: Callable,
+    args: tuple,
+    section: ml_collections.ConfigDict,
+    engine_cfg: ml_collections.ConfigDict,
+    desc: str,
+) -> tuple[int, Counter]:
+    """Scores the unfinished `shards` on the engine's model workers (each builds
+    `make_scorer(section, *args)` once: shard -> output table, with a `counts` Counter) and
+    writes each output atomically; returns (shards scored now, summed counts)."""
+    todo = files.pending_shards(shards, out_dir)
+    if not todo:
+        return 0, Counter()
+    workers, num_gpus = _workers(section, engine_cfg)
+    results = engine.run_on_workers(
+        todo, shard_worker, (make_scorer, section, out_dir, args), engine_cfg, workers, num_gpus,
+        desc,
+    )  # fmt: skip
+    return len(todo), sum((Counter(r) for r in results), Counter())
+
+
+def _workers(section: ml_collections.ConfigDict, engine_cfg) -> tuple[int, float]:
+    num_gpus = float(section.num_gpus)
+    if engine_cfg.name == "ray":
+        engine.init_ray(engine_cfg.ray_address)
+        gpus = engine.cluster_gpus()
+        num_gpus = (1.0 if gpus else 0.0) if num_gpus < 0 else num_gpus
+        workers = int(section.workers) or (int(gpus // num_gpus) if num_gpus else 1)
+        return max(1, workers), num_gpus
+    return int(section.workers) or max(1, _local_gpus(section.device)), 0.0
+
+
+def _local_gpus(device: str) -> int:
+    """GPUs a local scoring run spreads over: all visible ones unless a device is named."""
+    if device not in ("", "cuda"):
+        return 1
+    import torch  # only here: the stage loads it for its model anyway
+
+    return torch.cuda.device_count()
+
+
+def shard_worker(
+    index: int, make_scorer: Callable, section: ml_collections.ConfigDict, out_dir, args: tuple
+) -> Callable[[pathlib.Path], dict]:
+    """One model worker (engine.run_on_workers): worker `index` of a local pool takes GPU
+    `index` when the stage runs on all of them; returns shard -> its counts, having written
+    the shard's output."""
+    if index and section.device in ("", "cuda"):
+        import torch
+
+        if torch.cuda.device_count() > 1:
+            section = ml_collections.ConfigDict(section.to_dict())
+            section.device = f"cuda:{index % torch.cuda.device_count()}"
+    scorer = make_scorer(section, *args)
+
+    def score(shard: pathlib.Path) -> dict:
+        time.sleep(float(os.environ.get(DELAY_ENV) or 0))
+        before = Counter(scorer.counts)
+        files.write_parquet_atomic(scorer(shard), files.output_path(out_dir, shard))
+        return dict(scorer.counts - before)
+
+    return score

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from absl import logging
 
-from curation import cli, files, scoring
+from curation import cli, engine, files, scoring
 from curation.errors import CurationError
 from curation.text import decode_utf8
 
@@ -61,6 +61,7 @@ def defaults() -> ml_collections.ConfigDict:
     # True: L2-normalize embeddings, text_score = cosine; False: raw dot product (for models
     # trained with a dot-product objective).
     c.normalize = True
+    scoring.worker_defaults(c)  # workers, num_gpus
     return c
 
 
@@ -150,14 +151,17 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     section = config.text_score
     scoring.check_template(section.class_text, "text_score.class_text")
     shards = scoring.stage_inputs(workdir / "match", "match")
-    scorer = _Scorer(section, scoring.read_classes(workdir))
     out_dir = workdir / "text_score"
-    processed = files.run_per_shard(shards, out_dir, scorer, desc="text_score")
+    args = (scoring.read_classes(workdir),)
+    engine_cfg = config.get("engine") or engine.defaults()
+    processed, counts = scoring.score_shards(
+        shards, out_dir, _Scorer, args, section, engine_cfg, desc="text_score"
+    )
     fields = {
         "encoder": section.encoder,
         "model": section.model if section.encoder == "mean_pool" else section.clip_model,
-        "rows_scored_now": scorer.counts["rows"],
-        "null_captions_now": scorer.counts["null_captions"],
+        "rows_scored_now": counts["rows"],
+        "null_captions_now": counts["null_captions"],
     }
     return scoring.write_summary(
         "text_score", out_dir, section.class_text, shards, processed, fields
