@@ -387,6 +387,34 @@ def test_tfds_build_cli(tmp_path):
     assert "train: kept 4, skipped 2 (missing 1, undecodable 1)" in result.stdout
 
 
+def test_tfds_build_cli_reports_a_bad_manifest_in_one_line_with_exit_code_2(tmp_path):
+    """absl's app.run (the TFDS CLI) prints a ManifestError without a traceback."""
+    manual = testing.write_manual_dir(tmp_path / "m", CLASSES, [row("k0"), row("k1", 1, "val")], {})
+    result = subprocess.run(
+        [
+            str(pathlib.Path(sys.executable).with_name("tfds")),
+            "build",
+            "tfds_imagenot/imagenot",
+            f"--manual_dir={manual}",
+            f"--data_dir={tmp_path / 'data'}",
+            "--file_format=array_record",
+            "--config=256",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_cli_env(),
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"{manual}/manifest.parquet: row key 'k1': split 'val' is not one of " + (
+        "train, validation, test"
+    )
+
+
 def test_write_manual_dir_layout(tmp_path):
     rows = [row("a"), row("b")]
     manual = testing.write_manual_dir(

@@ -151,8 +151,9 @@ def _gcs_create(uri: str, text: str) -> bool | None:
     return True
 
 
-def _replace(path: epath.Path, text: str) -> None:
-    """Overwrites `path` so that readers see the old or the new content, never a mix."""
+def replace_file(path: epath.Path, text: str) -> None:
+    """Overwrites `path` so that readers see the old or the new content, never a mix (nor a
+    torn file after a kill)."""
     if _is_local(path):
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
         with open(tmp, "w") as f:
@@ -188,14 +189,14 @@ class Claim:
             self.lost = True
             return False
         self.info = dataclasses.replace(self.info, time=time.time())
-        _replace(self.path, _payload(self.info))
+        replace_file(self.path, _payload(self.info))
         return True
 
     def release(self) -> None:
         """Marks the claim released (claimable at once), unless it was taken over."""
         if self.still_ours():
             self.info = dataclasses.replace(self.info, time=time.time(), released=True)
-            _replace(self.path, _payload(self.info))
+            replace_file(self.path, _payload(self.info))
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):

@@ -63,7 +63,9 @@ def run_one(config: ml_collections.ConfigDict, workdir: epath.Path) -> tuple[epa
     result, path = evaluation.evaluate_checkpoint(str(workdir))
     print(evaluation.format_result(result))
     if jax.process_index() == 0:
-        done.write_text(json.dumps({"eval": str(path), "train_seconds": seconds}) + "\n")
+        # Whole or absent, even if the process is killed while writing it: a torn record
+        # would make the run look done yet unreadable.
+        claims.replace_file(done, json.dumps({"eval": str(path), "train_seconds": seconds}) + "\n")
     return path, True
 
 

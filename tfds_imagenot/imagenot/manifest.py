@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from absl import app
 
 SPLITS = ("train", "validation", "test")
 CLASS_FIELDS = ("label", "wnid", "name", "gloss")
@@ -36,8 +37,15 @@ _HEADER = "\t".join(CLASS_FIELDS)
 _CAST_TARGET = {"string": pa.string(), "int": pa.int64(), "float": pa.float32()}
 
 
-class ManifestError(ValueError):
-    """A manifest or classes file that cannot be built from; the message says where and why."""
+class ManifestError(ValueError, app.UsageError):
+    """A manifest or classes file that cannot be built from; the message says where and why.
+
+    Also an absl UsageError: `tfds build` runs under absl's app.run, which prints a UsageError
+    as a usage line and its message, with no traceback, and exits with its `exitcode` (2, the
+    project's exit code for bad input; any other exception exits 1 after a traceback).
+    """
+
+    exitcode = 2  # a class attribute: ValueError.__init__ skips UsageError's, which sets it
 
 
 @dataclasses.dataclass(frozen=True)
