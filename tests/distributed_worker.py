@@ -4,7 +4,9 @@
 
 MODE `steps`: a few train steps through the public pieces (per-process pipeline slice ->
 global batch -> jitted step), then print a JSON line with this process's replicas of the
-parameters (checksums); MODE `full`: `trainer.train_and_evaluate` end to end.
+parameters (checksums); MODE `full`: `trainer.train_and_evaluate` end to end; MODE `long`: the
+same for LONG_STEPS steps, checkpointing only at epoch ends and at the end (long enough to be
+stopped by SIGTERM midway: tests/test_preemption_multihost.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 
 import jax
 import numpy as np
+from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,6 +28,7 @@ from imagenot_jax.data import input_pipeline
 from imagenot_jax.train import sharding, steps, trainer
 
 STEPS = 4
+LONG_STEPS = 90
 
 
 def make_config(process_id: int, num_processes: int, port: int, data_dir: str):
@@ -68,6 +72,12 @@ def run_steps(config) -> dict:
 def main() -> None:
     mode, process_id, num_processes, port, workdir, data_dir = sys.argv[1:7]
     config = make_config(int(process_id), int(num_processes), int(port), data_dir)
+    if mode == "long":
+        config.schedule.num_steps = LONG_STEPS
+        config.checkpoint.every_steps = LONG_STEPS
+        config.eval.every_steps = LONG_STEPS  # evaluates once, at the end
+        config.logging.every_steps = 5
+        logging.set_verbosity(logging.INFO)  # the test reads "resuming from step N"
     if mode == "steps":
         print("RESULT " + json.dumps(run_steps(config)), flush=True)
     else:

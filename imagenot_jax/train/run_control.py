@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from imagenot_jax.errors import UserError
 
@@ -19,19 +20,43 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class Preemption:
-    """SIGTERM sets a flag; the loop saves a checkpoint at the next step and exits cleanly."""
+    """SIGTERM stops training after a checkpoint; `reached(step)` says at which step.
+
+    One process: a Python SIGTERM handler sets a flag, seen at the next step. With
+    jax.distributed, processes get SIGTERM at different moments (or only some do), yet a
+    checkpoint is a collective: all must save the same step. JAX's preemption sync manager
+    (started by jax.distributed.initialize) catches SIGTERM in C++ and tells the coordination
+    service; the processes agree on a step (the furthest one's next) and `reached` is True there
+    on every process. No Python handler then: it would replace that C++ one.
+    """
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = signal.signal(signal.SIGTERM, self._handle)
+        self._previous = None
+        self._synced = jax.distributed.is_initialized()
+        if not self._synced:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame) -> None:
         del signum, frame
         logging.warning("SIGTERM: saving a checkpoint and stopping")
         self.requested = True
 
+    def reached(self, step: int) -> bool:
+        """Call once after every train step; True: save `step` and stop (the same step on
+        every process)."""
+        if self._synced and not self.requested:
+            # Blocks while the processes agree on the step (the sync manager holds its lock).
+            self.requested = multihost_utils.reached_preemption_sync_point(step)
+            if self.requested:
+                logging.warning("preemption: every process saves step %d and stops", step)
+        return self.requested
+
     def restore(self) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        if not self._synced:
+            # None: the previous handler was not set from Python (it cannot be put back).
+            previous = signal.SIG_DFL if self._previous is None else self._previous
+            signal.signal(signal.SIGTERM, previous)
 
 
 class PendingMetrics:

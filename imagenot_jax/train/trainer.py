@@ -244,6 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             step += 1
             profiler.after_step(step, state)
             pending.add(step, metrics)
+            preempted = preemption.reached(step)  # once a step: the same answer for both ifs
             writer.advance(step)
             done = step == setup.total_steps
             epoch_end = step % setup.steps_per_epoch == 0
@@ -259,18 +260,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 eval_metrics = {f"val_{k}": v for k, v in summarize(predictions).items()}
                 writer.write(step, eval_metrics)
                 last_eval = eval_metrics
-            if (
-                done
-                or preemption.requested
-                or epoch_end
-                or step % config.checkpoint.every_steps == 0
-            ):
+            if done or preempted or epoch_end or step % config.checkpoint.every_steps == 0:
                 flushed = pending.flush(config.input.global_batch_size)  # checks the loss
                 if flushed:
                     writer.write(step, flushed)
                 metrics_for_best = {"top1": eval_metrics["val_top1"]} if eval_metrics else None
                 checkpointer.save(step, state, train_iter, metrics_for_best)
-            if preemption.requested:
+            if preempted:
                 logging.warning("preempted: checkpoint saved at step %d", step)
                 break
     except NonFiniteLossError as e:
