@@ -21,6 +21,8 @@ from curation import files
 from curation.errors import CurationError
 
 SPLITS = ("train", "validation", "test")  # manifest split order (tfds_imagenot's SPLITS)
+RESERVE = "reserve"  # over-selected rows (select.margin), used by the builder for dead links
+MANIFEST_SPLITS = (*SPLITS, RESERVE)
 # candidates.parquet columns copied into classes.tsv when present (after label, wnid, name,
 # gloss); the wordnet stage may or may not write the last two.
 CANDIDATE_EXTRAS = ("lexname", "depth", "imagenet_hops", "in_imagenet")
@@ -200,13 +202,17 @@ def classes_columns(
     columns["eligible"] = [int(eligible.get(w, 0)) for w in wnids]
     labels = manifest.column("label").to_numpy()
     split = manifest.column("split")
-    columns["selected"] = np.bincount(labels, minlength=len(wnids)).tolist()
+    reserve = np.asarray(pc.equal(split, RESERVE), bool)
+    columns["selected"] = np.bincount(labels[~reserve], minlength=len(wnids)).tolist()
     for name in SPLITS:
         mine = np.asarray(pc.equal(split, name), bool)
         columns[name] = np.bincount(labels[mine], minlength=len(wnids)).tolist()
+    if reserve.any():
+        columns[RESERVE] = np.bincount(labels[reserve], minlength=len(wnids)).tolist()
     for score in ("text_score", "clip_score"):
         values = manifest.column(score).to_numpy(zero_copy_only=False).astype(np.float64)
-        for stat, per_class in selected_stats(labels, values, len(wnids)).items():
+        stats = selected_stats(labels[~reserve], values[~reserve], len(wnids))
+        for stat, per_class in stats.items():
             columns[f"{score}_{stat}"] = per_class
     return columns
 
@@ -225,16 +231,28 @@ def class_counts(choice: ClassChoice, stats: ClassStats, min_images: int, hops: 
     }
 
 
-def image_counts(columns: Mapping[str, Sequence[int]], per_class: int) -> dict:
-    """Manifest sizes: total, per split, and chosen classes short of per_class images."""
+def image_counts(columns: Mapping[str, Sequence], per_class: int, reserve: int = 0) -> dict:
+    """Manifest sizes: total, per split, and chosen classes short of per_class images; with a
+    reserve (select.margin), its size and the classes short of it: those would need more
+    candidates if more of their links die than the margin allows."""
     selected = list(columns["selected"])
-    return {
+    counts = {
         "per_class": per_class,
         "selected": int(sum(selected)),
         "splits": {name: int(sum(columns[name])) for name in SPLITS},
         "classes_short": sum(n < per_class for n in selected),
         "fewest_in_a_class": min(selected) if selected else 0,
     }
+    if reserve:
+        spare = list(columns.get(RESERVE, [0] * len(selected)))
+        short = [w for w, n in zip(columns["wnid"], spare, strict=True) if n < reserve]
+        counts[RESERVE] = {
+            "per_class": reserve,
+            "total": int(sum(spare)),
+            "classes_short": len(short),
+            "short_wnids": short,
+        }
+    return counts
 
 
 def write_report(report: Mapping, workdir: pathlib.Path) -> None:

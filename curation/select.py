@@ -100,6 +100,11 @@ def defaults() -> ml_collections.ConfigDict:
     c.train = 1000
     c.validation = 50
     c.test = 50
+    # Over-selection for dead links: each class also gets its next ceil(margin * (train +
+    # validation + test)) images, in rank order, with split `reserve`; the TFDS builder replaces
+    # images that did not download with them (evaluation splits first). LAION loses 30-40% of
+    # its links, so a full class needs margin ~0.6; 0 = none (every image is in a split).
+    c.margin = 0.0
     return c
 
 
@@ -151,8 +156,18 @@ def _spread_fn(config: ml_collections.ConfigDict, hops: int) -> Callable[[list[s
     return lambda ranked: wordnet_rules.spread(wn, ranked, hops)
 
 
-def _assign_splits(chosen: pa.Table, labels: np.ndarray, s: Settings) -> np.ndarray:
-    """Split index (into SPLITS) per row: per label, a seeded shuffle; test, validation first."""
+def _assign_splits(
+    chosen: pa.Table, labels: np.ndarray, rank: np.ndarray, s: Settings
+) -> np.ndarray:
+    """Split index (into MANIFEST_SPLITS) per row: per label, a seeded shuffle of its best
+    per_class rows; test, validation first; the rows beyond them are the reserve."""
+    out = np.full(len(labels), class_stats.MANIFEST_SPLITS.index(class_stats.RESERVE), np.int64)
+    primary = rank < s.per_class
+    out[primary] = _shuffled_splits(chosen.filter(pa.array(primary)), labels[primary], s)
+    return out
+
+
+def _shuffled_splits(chosen: pa.Table, labels: np.ndarray, s: Settings) -> np.ndarray:
     shuffle = seeded_hash(chosen.column("key"), s.seed, b"split")
     order = np.lexsort((shuffle, labels))
     starts = np.flatnonzero(np.r_[True, labels[order][1:] != labels[order][:-1]])
@@ -184,14 +199,14 @@ def choose_images(
     """Manifest rows: each chosen class's best per_class rows, ordered (label, split, rank)."""
     classes = pa.array(sorted(wnids), pa.string())  # label = index in sorted wnids
     keep = np.asarray(pc.is_in(ordered.column("wnid"), value_set=classes), bool)
-    keep &= rank < s.per_class
+    keep &= rank < s.per_class + s.reserve
     chosen, rank = ordered.filter(pa.array(keep)), rank[keep]
     labels = np.asarray(pc.index_in(chosen.column("wnid"), value_set=classes)).astype(np.int64)
-    split = _assign_splits(chosen, labels, s)
+    split = _assign_splits(chosen, labels, rank, s)
     final = np.lexsort((rank, split, labels))
     manifest = chosen.take(pa.array(final)).drop_columns(["_neg_score", "_tie"])
     manifest = attach_late(manifest, paths)
-    split_names = pa.array(class_stats.SPLITS, pa.string()).take(pa.array(split[final]))
+    split_names = pa.array(class_stats.MANIFEST_SPLITS, pa.string()).take(pa.array(split[final]))
     manifest = manifest.append_column("label", pa.array(labels[final]))
     manifest = manifest.append_column("split", split_names)
     manifest = manifest.append_column("rank", pa.array(rank[final]))
@@ -238,7 +253,7 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     report["classes"] = class_stats.class_counts(choice, stats, s.min_images, s.hops)
     report["classes"]["requested"] = num_classes
     report["classes"]["unknown_wnids"] = sum(w not in candidates for w in filtered.matched)
-    report["images"] = class_stats.image_counts(columns, s.per_class)
+    report["images"] = class_stats.image_counts(columns, s.per_class, s.reserve)
     report["outputs"] = {"manifest": str(manifest_path), "classes": str(classes_path)}
     class_stats.write_report(report, workdir)
     logging.info("select: classes %s", json.dumps(report["classes"]))

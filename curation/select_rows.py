@@ -60,6 +60,11 @@ class Settings:
     def per_class(self) -> int:
         return sum(self.sizes.values())
 
+    @property
+    def reserve(self) -> int:
+        """Extra images per class for dead links: ceil(per_class * margin)."""
+        return math.ceil(self.per_class * float(self.select.margin) - 1e-9)
+
 
 def _field(config: ml_collections.ConfigDict, dotted: str) -> object:
     node = config
@@ -99,6 +104,7 @@ def settings(config: ml_collections.ConfigDict) -> Settings:
         "num_classes": (int(s.num_classes) >= 1, ">= 1"),
         "clip_weight": (0.0 <= float(s.clip_weight) <= 1.0, "in [0, 1]"),
         "min_side": (int(s.min_side) >= 0, ">= 0 (0 = off)"),
+        "margin": (float(s.margin) >= 0.0, ">= 0 (0 = no reserve images)"),
     }
     for name, (ok, expected) in checks.items():
         if not ok:

@@ -12,6 +12,7 @@ import random
 import ml_collections
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -225,6 +226,34 @@ def test_outputs_pass_the_tfds_validator(hand_case, imagenot_manifest):
     assert (
         "| nsfw | yes | 32 | 30 | 2 | null_passed 1 |" in (workdir / "select_report.md").read_text()
     )
+
+
+def test_margin_adds_reserve_rows_ranked_after_the_split_rows(tmp_path, imagenot_manifest):
+    write_inputs(tmp_path, hand_rows())
+    select.run(make_config(), tmp_path)
+    plain = pq.read_table(tmp_path / "manifest.parquet")
+    report = select.run(make_config(margin=0.4), tmp_path)  # 5 per class -> 2 reserve
+    manifest, classes = read_outputs(tmp_path)
+    table = pq.read_table(tmp_path / "manifest.parquet")
+    in_splits = table.filter(pc.not_equal(table.column("split"), "reserve"))
+    nan = ["clip_score"]  # all NaN (no CLIP stage), which compares unequal to itself
+    assert in_splits.drop_columns(nan).equals(plain.drop_columns(nan))  # the same split rows
+    reserve = [(r["wnid"], r["rank"]) for r in manifest if r["split"] == "reserve"]
+    assert reserve == [(A, 5), (A, 6)]  # B has exactly its 5 images: no reserve
+    assert [(c["wnid"], c["selected"], c["reserve"]) for c in classes] == [
+        (A, "5", "2"), (B, "5", "0")
+    ]  # fmt: skip
+    assert report["images"]["reserve"] == {
+        "per_class": 2, "total": 2, "classes_short": 1, "short_wnids": [B]
+    }  # fmt: skip
+    # The builder reads it: `reserve` is a split it knows.
+    built = imagenot_manifest.read_manifest(
+        imagenot_manifest.manifest_files(tmp_path),
+        imagenot_manifest.read_classes(tmp_path / "classes.tsv"),
+    )
+    assert built.table.num_rows == 12
+    with pytest.raises(CurationError, match=r"config.select.margin=-0.1: expected >= 0"):
+        select.run(make_config(margin=-0.1), tmp_path)
 
 
 def test_output_independent_of_row_and_shard_order(tmp_path):

@@ -411,7 +411,7 @@ def test_tfds_build_cli_reports_a_bad_manifest_in_one_line_with_exit_code_2(tmp_
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last == f"{manual}/manifest.parquet: row key 'k1': split 'val' is not one of " + (
-        "train, validation, test"
+        "train, validation, test, reserve"
     )
 
 

@@ -100,6 +100,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
         }
         metadata["class_names"] = list(plan.classes.names)
         metadata["bad_shards"] = list(plan.index.bad_shards)
+        metadata["fill"] = plan.fill.report(list(plan.classes.wnids))
         metadata["kept"] = {}
         metadata["skipped"] = {}
         metadata["duplicate_image"] = {}

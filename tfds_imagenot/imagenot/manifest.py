@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 from absl import app
 
 SPLITS = ("train", "validation", "test")
+# Over-selected rows (config.select.margin): they replace rows whose image did not arrive (fill.py).
+RESERVE = "reserve"
 CLASS_FIELDS = ("label", "wnid", "name", "gloss")
 # Column -> kind; the kind decides the accepted arrow types and the cast target.
 MANIFEST_COLUMNS = {
@@ -31,6 +33,9 @@ MANIFEST_COLUMNS = {
     "text_score": "float",
     "clip_score": "float",
 }
+# Optional columns (null where a file lacks them): `rank`, the row's rank in its class (0 =
+# best), orders the reserve; without it, manifest order does.
+OPTIONAL_COLUMNS = {"rank": "int"}
 # Columns whose nulls are filled (free text and scores); nulls elsewhere are errors.
 _FILL_NULLS = {"url": "", "caption": "", "text_score": float("nan"), "clip_score": float("nan")}
 _HEADER = "\t".join(CLASS_FIELDS)
@@ -169,13 +174,21 @@ def _read_one(path: pathlib.Path) -> pa.Table:
             raise ManifestError(
                 f"{path}: missing column {name!r}; expected columns {', '.join(MANIFEST_COLUMNS)}"
             )
-    table = pq.read_table(path, columns=list(MANIFEST_COLUMNS))
-    columns = [_cast_column(path, name, table.column(name)) for name in MANIFEST_COLUMNS]
-    return pa.table(columns, names=list(MANIFEST_COLUMNS))
+    optional = [name for name in OPTIONAL_COLUMNS if name in schema.names]
+    table = pq.read_table(path, columns=[*MANIFEST_COLUMNS, *optional])
+    kinds = {**MANIFEST_COLUMNS, **OPTIONAL_COLUMNS}
+    columns = [
+        _cast_column(path, name, table.column(name), kinds[name])
+        if name in table.column_names
+        else pa.nulls(table.num_rows, _CAST_TARGET[kinds[name]])
+        for name in kinds
+    ]
+    return pa.table(columns, names=list(kinds))
 
 
-def _cast_column(path: pathlib.Path, name: str, column: pa.ChunkedArray) -> pa.ChunkedArray:
-    kind = MANIFEST_COLUMNS[name]
+def _cast_column(
+    path: pathlib.Path, name: str, column: pa.ChunkedArray, kind: str
+) -> pa.ChunkedArray:
     value_type = column.type
     if pa.types.is_dictionary(value_type):
         value_type = value_type.value_type
@@ -224,11 +237,11 @@ def _check_nulls(manifest: Manifest, row_file: np.ndarray) -> None:
 
 def _check_splits(manifest: Manifest, row_file: np.ndarray) -> None:
     split = manifest.table.column("split")
-    bad = _first_true(pc.invert(pc.is_in(split, value_set=pa.array(SPLITS))))
+    bad = _first_true(pc.invert(pc.is_in(split, value_set=pa.array([*SPLITS, RESERVE]))))
     if bad is not None:
         raise ManifestError(
             f"{_where(manifest, row_file, bad)}: split {split[bad].as_py()!r} is not one of "
-            f"{', '.join(SPLITS)}"
+            f"{', '.join([*SPLITS, RESERVE])}"
         )
 
 

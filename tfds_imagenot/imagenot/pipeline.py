@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from absl import logging
 
-from . import images, manifest, shards
+from . import fill, images, manifest, shards
 
 THREADS_ENV = "IMAGENOT_BUILD_THREADS"
 SKIP_REASONS = ("missing", "undecodable")
@@ -49,6 +49,7 @@ class BuildPlan:
     index: shards.ShardIndex
     locations: shards.Locations
     splits: tuple[SplitPlan, ...]
+    fill: fill.Fill
 
 
 @dataclasses.dataclass
@@ -91,15 +92,35 @@ def make_plan(manual_dir: str | os.PathLike[str], threads: int) -> BuildPlan:
     if index.bad_shards:
         logging.warning("imagenot: %d damaged shards: %s", len(index.bad_shards), index.bad_shards)
     locations = shards.locate(index, table.table.column("key"))
-    split_column = table.table.column("split")
-    rows_of = {
-        name: np.flatnonzero(np.asarray(pc.equal(split_column, name), dtype=bool))
-        for name in manifest.SPLITS
-    }
+    filled = _fill(table, locations, classes)
+    rows_of = {name: np.flatnonzero(filled.split == i) for i, name in enumerate(manifest.SPLITS)}
     plans = tuple(
         _split_plan(name, rows, table, locations) for name, rows in rows_of.items() if rows.size
     )
-    return BuildPlan(classes, table, index, locations, plans)
+    return BuildPlan(classes, table, index, locations, plans, filled)
+
+
+def _fill(table: manifest.Manifest, loc: shards.Locations, classes) -> fill.Fill:
+    """Reserve rows replace missing images (fill.py), and short classes are logged."""
+    t = table.table
+    rank = np.asarray(pc.fill_null(t.column("rank"), -1))
+    rank = np.where(rank < 0, np.arange(len(rank)), rank)  # no rank column: manifest order
+    labels = t.column("label").to_numpy()
+    filled = fill.fill_splits(labels, t.column("split"), rank, loc.shard >= 0, classes.num_classes)
+    short = filled.short_classes()
+    if filled.reserve_rows:
+        logging.info(
+            "imagenot: %d of %d reserve images replaced missing ones",
+            filled.reserve_used, filled.reserve_rows,
+        )  # fmt: skip
+    if len(short):
+        listed = ", ".join(
+            f"{classes.wnids[c]} {filled.got[c].sum()}/{filled.wanted[c].sum()}" for c in short[:20]
+        )
+        logging.warning(
+            "imagenot: %d classes got fewer images than wanted (got/wanted): %s", len(short), listed
+        )
+    return filled
 
 
 def _split_plan(

@@ -41,6 +41,7 @@ class ManifestRow:
     caption: str = ""
     text_score: float = 0.0
     clip_score: float = 0.0
+    rank: int | None = None  # in its class; written only when some row has one
 
 
 def write_manual_dir(
@@ -82,6 +83,8 @@ def _write_manifest(path: pathlib.Path, rows: Sequence[ManifestRow]) -> None:
         "text_score": pa.array([r.text_score for r in rows], pa.float64()),
         "clip_score": pa.array([r.clip_score for r in rows], pa.float64()),
     }
+    if any(r.rank is not None for r in rows):
+        columns["rank"] = pa.array([r.rank for r in rows], pa.int64())
     pq.write_table(pa.table(columns), path)
 
 
