@@ -57,17 +57,20 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
       DIR/manifest.parquet  (or DIR/manifest/*.parquet, read in sorted order)
           one row per image; columns key (str, unique), wnid (str), label (int),
-          split (train|validation|test), url (str), caption (str), text_score (float),
-          clip_score (float); extra columns are ignored.
+          split (train|validation|test|reserve), url (str), caption (str), text_score (float),
+          clip_score (float), optionally rank (int, in its class); extra columns are ignored.
       DIR/classes.tsv
           tab-separated with a header line: label, wnid, name, gloss; labels 0..C-1 once each.
       DIR/images/**/*.tar
-          webdataset shards as img2dataset writes them: {key}.jpg (or .jpeg/.png/.webp)
-          beside {key}.json / {key}.txt; the .parquet/_stats.json files beside them are ignored.
+          webdataset shards as img2dataset writes them: {own key}.jpg (or .jpeg/.png/.webp)
+          beside .json / .txt, and beside each tar img2dataset's NNNNN.parquet, whose
+          manifest_key column maps its own keys to manifest keys (without it, member names are
+          the manifest keys).
 
-    The image of a manifest row is the tar member whose name without extension equals the row's
-    key. Rows without an image, or whose image cannot be decoded, are skipped and counted in
-    the dataset metadata (info.metadata['skipped']).
+    Rows without an image are replaced by the class's best-ranked `reserve` rows that have one
+    (test, validation, then train; info.metadata['fill'] reports classes that fell short); rows
+    still without an image, or whose image cannot be decoded, are skipped and counted in the
+    dataset metadata (info.metadata['skipped']).
     """
 
     def _info(self) -> tfds.core.DatasetInfo:
