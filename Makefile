@@ -33,8 +33,9 @@ lint: $(VENV)/.lint
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 # Benchmarks compare against PyTorch, so they also need the curation extra (torch, torchvision).
-bench: $(VENV)/.test system-deps bench-curation
+bench: $(VENV)/.bench system-deps bench-curation
 	$(PY) -m benchmarks.input_pipeline
+	$(PY) -m benchmarks.text_score
 
 bench-curation: $(VENV)/.test system-deps
 	$(PY) -m benchmarks.curation_match
@@ -67,6 +68,11 @@ $(VENV)/.demo: pyproject.toml constraints.txt | $(PY)
 # `tfds` CLI (curation's download -> tfds build test), deviceless compilation and W&B (offline).
 $(VENV)/.test: pyproject.toml constraints.txt | $(PY)
 	$(INSTALL) -e '.[train,data,tfds-cli,dev,curation,compile,wandb]'
+	@touch $@
+
+# The benchmarks' peers on top of the test environment (sentence-transformers).
+$(VENV)/.bench: pyproject.toml constraints.txt $(VENV)/.test
+	$(INSTALL) -e '.[train,data,tfds-cli,dev,curation,compile,wandb,bench]'
 	@touch $@
 
 $(VENV)/.lint: pyproject.toml constraints.txt | $(PY)
