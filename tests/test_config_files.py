@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from imagenot_jax import config_files
@@ -51,3 +55,24 @@ def test_argv_rewrites_only_the_config_flags(tmp_path, monkeypatch):
         "prog", "--config", f"{PACKAGED}/demo.py",
         f"--suite={PACKAGED}/suites/fashion_halves.py", "--config.seed=1", "--workdir", "demo",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [("return undefined_name", "NameError"), ("return int('x')", "ValueError")],
+)
+def test_a_bug_in_get_config_keeps_its_traceback(tmp_path, body, error):
+    """Only the user's errors become one line (tests/test_bad_inputs.py); a bug does not."""
+    path = tmp_path / "buggy.py"
+    path.write_text(f"def get_config(arg=None):\n    {body}\n")
+    command = [sys.executable, "-m", "imagenot_jax.main", f"--config={path}", "--workdir=w"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    run = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "Traceback" in run.stderr and error in run.stderr, run.stderr[-2000:]
+    assert "\nerror: " not in run.stderr
