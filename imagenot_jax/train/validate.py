@@ -21,11 +21,10 @@ import ml_collections
 from imagenot_jax import models, transfer
 from imagenot_jax.data import augment
 from imagenot_jax.errors import UserError
-from imagenot_jax.train import optim, sharding, steps
+from imagenot_jax.train import optim, sharding, steps, wandb_writer
 
 # Compute dtypes the models are tested in (params and norm statistics stay float32).
 DTYPES = ("float32", "bfloat16", "float16")
-WANDB_MODES = (None, "online", "offline", "disabled")
 
 
 def _is_number(value: Any) -> bool:
@@ -103,8 +102,10 @@ def check_input(config: ml_collections.ConfigDict, num_devices: int) -> None:
         value = _get(config, field)
         if not isinstance(value, tuple | list) or len(value) not in (1, config.input.channels):
             _fail(field, value, f"1 or input.channels={config.input.channels} numbers")
-    if not all(_is_number(s) and s > 0 for s in config.input.std):
-        _fail("input.std", config.input.std, "positive numbers")
+    # Numbers; a zero std is left to the trainer's non-finite loss check (it says which step).
+    for field in ("input.mean", "input.std"):
+        if not all(map(_is_number, _get(config, field))):
+            _fail(field, _get(config, field), "numbers")
     _number(config, "input.num_workers", low=-1, integer=True)
     _number(config, "input.read_threads", low=1, integer=True)
     _number(config, "input.prefetch", low=0, integer=True)
@@ -180,7 +181,9 @@ def check_schedule(config: ml_collections.ConfigDict) -> None:
     _number(config, "schedule.gamma", low=0)
     _number(config, "schedule.eta_min", low=0)
     _number(config, "schedule.warmup_epochs", low=0)
-    _number(config, "schedule.warmup_decay", low=0, high=1, low_open=True)
+    # torch's LinearLR needs a start factor > 0; ConstantLR takes 0.
+    linear = config.schedule.get("warmup_method") == "linear"
+    _number(config, "schedule.warmup_decay", low=0, high=1, low_open=linear)
     milestones = config.schedule.get("milestones", ())
     if not all(_is_number(m) and m >= 0 for m in milestones):
         _fail("schedule.milestones", milestones, "epochs >= 0")
@@ -201,7 +204,7 @@ def check_loop(config: ml_collections.ConfigDict) -> None:
         and 1 <= profile[0] <= profile[1]
     ):
         _fail("logging.profile_steps", profile, "(first, last) steps with 1 <= first <= last")
-    _choice(config, "logging.wandb_mode", WANDB_MODES)
+    _choice(config, "logging.wandb_mode", (None, *wandb_writer.MODES))
 
 
 def check_train_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
