@@ -114,7 +114,7 @@ CASES = [
     train(
         "steps-negative",
         "--config.schedule.num_steps=-3",
-        start="error: schedule.num_steps=-3: expected >= 0",
+        start="error: schedule.num_steps=-3: expected >= 1",
     ),
     train(
         "epochs-zero", "--config.schedule.epochs=0", start="error: schedule.epochs=0: expected > 0"
@@ -271,6 +271,13 @@ CASES = [
         "--suite=configs/suites/imagenot_study.py:bogus",
         "--workdir={tmp}/s",
         start="error: configs/suites/imagenot_study.py argument 'bogus'",
+    ),
+    suite(
+        "suite-run-field-bad",
+        "--suite=configs/suites/fashion_halves.py",
+        "--suite.runs.resnet18.optim.lr=-0.4",
+        "--workdir={tmp}/s",
+        start="error: suite.runs.resnet18: optim.lr=-0.4: expected >= 0",
     ),
     # --- models.convert -------------------------------------------------------------------
     convert("convert-no-source", "--out={tmp}/o", start="error: give exactly one of --weights"),

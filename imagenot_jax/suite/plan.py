@@ -76,6 +76,19 @@ def check_suite(suite: ml_collections.ConfigDict) -> None:
         of = suite.transfer.get("of", "b")
         if of not in SIDES or suite[of].get("table"):
             raise UserError(f"suite.transfer.of={of!r}: expected a side that trains (a or b)")
+    _check_run_configs(suite)
+
+
+def _check_run_configs(suite: ml_collections.ConfigDict) -> None:
+    """Every run's config validated before the first run trains (the device count's checks
+    wait for the run itself): a bad field of the last run fails now, not hours later."""
+    from imagenot_jax.train import validate  # here: the models' imports, for this check only
+
+    for name, config in suite.runs.items():
+        try:
+            validate.check_train_config(config, num_devices=1)
+        except UserError as e:
+            raise UserError(f"suite.runs.{name}: {e}") from e
 
 
 def _place(config: ml_collections.ConfigDict, data_dir: str | None, distributed: bool) -> None:

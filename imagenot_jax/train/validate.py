@@ -175,7 +175,8 @@ def check_optim(config: ml_collections.ConfigDict, num_devices: int) -> None:
 
 def check_schedule(config: ml_collections.ConfigDict) -> None:
     # 0 means unset as None does (the command line cannot set None): schedule.epochs decides.
-    _number(config, "schedule.num_steps", low=0, integer=True, optional=True)
+    if config.schedule.get("num_steps") != 0:
+        _number(config, "schedule.num_steps", low=1, integer=True, optional=True)
     _number(config, "schedule.epochs", low=0, low_open=True)
     _number(config, "schedule.step_size", low=0, low_open=True)
     _number(config, "schedule.gamma", low=0)
