@@ -115,6 +115,9 @@ def _raise_deferred_load_error(value: object) -> None:
 # config_flags re-raises a TypeError/ValueError from get_config() as the same type with this
 # prefix and the traceback in the message; absl then wraps it in an IllegalFlagValueError.
 _CONFIG_FILE_ERROR = "Error whilst parsing config file"
+# What config_flags and absl wrap a get_config() error in: its copy (same type), absl's flag
+# error, and the OSError of a config that failed to load (raised on first use).
+_WRAPPERS = (UserError, flags.Error, OSError)
 
 
 def user_message(error: BaseException, argv: Sequence[str] = ()) -> str | None:
@@ -124,9 +127,11 @@ def user_message(error: BaseException, argv: Sequence[str] = ()) -> str | None:
     or name (`--config.optim.lr=abc`) that no get_config() exception caused, or an override of
     a field the config does not have (`--config.optim.lrr=1`)."""
     chain = _chain(error)
-    user = [e for e in chain if isinstance(e, UserError)]
-    if user:
-        return str(user[-1])
+    user = [i for i, e in enumerate(chain) if isinstance(e, UserError)]
+    # Only through the wrappers config_flags and absl put around it: an exception raised while
+    # a UserError was handled is a bug of the handler.
+    if user and all(isinstance(e, _WRAPPERS) for e in chain[: user[-1]]):
+        return str(chain[user[-1]])
     if isinstance(error, flags.Error) and not any(_CONFIG_FILE_ERROR in str(e) for e in chain):
         return _one_line(str(error))
     if isinstance(error, AttributeError | KeyError | IndexError) and _raised_in(

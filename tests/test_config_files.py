@@ -76,3 +76,37 @@ def test_a_bug_in_get_config_keeps_its_traceback(tmp_path, body, error):
     assert run.returncode == 1, run.stderr[-2000:]
     assert "Traceback" in run.stderr and error in run.stderr, run.stderr[-2000:]
     assert "\nerror: " not in run.stderr
+
+
+def _raised(make):
+    try:
+        make()
+    except Exception as e:
+        return e
+    raise AssertionError("nothing raised")
+
+
+def test_user_message_unwraps_only_the_wrappers_of_config_flags_and_absl():
+    from absl import flags
+
+    def wrapped():  # config_flags copies the error, absl wraps the copy
+        try:
+            try:
+                raise UserError("config argument 'x': expected 'smoke'")
+            except UserError as e:
+                raise UserError("Error whilst parsing config file:\n\nTraceback ...") from e
+        except UserError as e:
+            raise flags.IllegalFlagValueError("flag --config=c.py:x: ...") from e
+
+    message = "config argument 'x': expected 'smoke'"
+    assert config_files.user_message(_raised(wrapped)) == message
+
+    def handler_bug():
+        try:
+            raise UserError("the user's")
+        except UserError:
+            raise RuntimeError("a bug while handling it") from None
+
+    assert config_files.user_message(_raised(handler_bug)) is None
+    bad_value = flags.IllegalFlagValueError("flag --config.optim.lr=abc: could not convert")
+    assert config_files.user_message(bad_value) == str(bad_value)
