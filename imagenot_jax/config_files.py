@@ -16,7 +16,7 @@ import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
-from absl import app
+from absl import flags
 
 from imagenot_jax.errors import UserError
 
@@ -86,9 +86,99 @@ def resolve_argv_or_exit(
 
 
 def flags_parser(*names: str, package: str = PACKAGE) -> Callable[[list[str]], list[str]]:
-    """An absl `app.run(..., flags_parser=...)` that resolves config names first."""
+    """An absl `app.run(..., flags_parser=...)` that resolves config names first, and turns the
+    user's errors while the flags parse into one line on stderr and exit code 2 (see
+    `user_message`): a bad config argument or file, a bad override value, an unknown flag."""
 
     def parse(argv: list[str]) -> list[str]:
-        return app.parse_flags_with_usage(resolve_argv_or_exit(argv, names, package))
+        argv = resolve_argv_or_exit(argv, names, package)
+        try:
+            rest = flags.FLAGS(argv)
+            for name in names:
+                _raise_deferred_load_error(flags.FLAGS[name].value)
+        except Exception as e:  # re-raised below unless it is the user's
+            message = user_message(e, argv)
+            if message is None:
+                raise
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(2)
+        return rest
 
     return parse
+
+
+def _raise_deferred_load_error(value: object) -> None:
+    """config_flags keeps an OSError raised while a config file loads (a MissingInputError such
+    as transfer's missing `init=` workdir included) in a placeholder that raises on first use:
+    use it now, while the flags parse, rather than inside the command."""
+    hasattr(value, "lock")  # the placeholder raises OSError (from the load error) on any access
+
+
+# config_flags re-raises a TypeError/ValueError from get_config() as the same type with this
+# prefix and the traceback in the message; absl then wraps it in an IllegalFlagValueError.
+_CONFIG_FILE_ERROR = "Error whilst parsing config file"
+# What config_flags and absl wrap a get_config() error in: its copy (same type), absl's flag
+# error, and the OSError of a config that failed to load (raised on first use).
+_WRAPPERS = (UserError, flags.Error, OSError)
+
+
+def user_message(error: BaseException, argv: Sequence[str] = ()) -> str | None:
+    """The one-line message of a user's error raised while the flags parse, else None (a bug:
+    it keeps its traceback). The user's: a UserError anywhere in the chain (its innermost
+    message: config_flags copies it with a traceback), absl's flags.Error about a flag value
+    or name (`--config.optim.lr=abc`) that no get_config() exception caused, or an override of
+    a field the config does not have (`--config.optim.lrr=1`)."""
+    chain = _chain(error)
+    user = [i for i, e in enumerate(chain) if isinstance(e, UserError)]
+    # Only through the wrappers config_flags and absl put around it: an exception raised while
+    # a UserError was handled is a bug of the handler.
+    if user and all(isinstance(e, _WRAPPERS) for e in chain[: user[-1]]):
+        return str(chain[user[-1]])
+    if isinstance(error, flags.Error) and not any(_CONFIG_FILE_ERROR in str(e) for e in chain):
+        return _one_line(str(error))
+    if isinstance(error, AttributeError | KeyError | IndexError) and _raised_in(
+        error, _CONFIG_PATH
+    ):
+        return _unknown_field_message(error, argv)
+    return None
+
+
+# config_flags looks an override's dotted path up in the config here (AttributeError, KeyError
+# or IndexError for a field the config lacks).
+_CONFIG_PATH = str(pathlib.Path("ml_collections", "config_flags", "config_path.py"))
+
+
+def _raised_in(error: BaseException, filename_suffix: str) -> bool:
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_filename.endswith(filename_suffix):
+            return True
+        frame = frame.tb_next
+    return False
+
+
+def _unknown_field_message(error: BaseException, argv: Sequence[str]) -> str:
+    """`--config.optim.lrr: no such config field ('lrr'; Did you mean "lr" ...?)`."""
+    detail: object = error
+    while isinstance(detail, BaseException):  # ConfigDict raises AttributeError(KeyError(...))
+        detail = detail.args[0] if detail.args else str(detail)
+    detail = _one_line(str(detail))
+    missing = detail.split(";")[0].strip("'\" ")
+    overrides = [a.split("=", 1)[0] for a in argv if a.startswith("--") and "." in a.split("=")[0]]
+    named = [a for a in overrides if missing in a.split(".")[1:]]
+    flag = named[0] if named else "override"
+    return f"{flag}: no such config field ({detail})"
+
+
+def _one_line(message: str) -> str:
+    return "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+
+
+def _chain(error: BaseException) -> list[BaseException]:
+    """`error` and its causes/contexts, outermost first."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain

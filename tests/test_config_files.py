@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from imagenot_jax import config_files
@@ -51,3 +55,58 @@ def test_argv_rewrites_only_the_config_flags(tmp_path, monkeypatch):
         "prog", "--config", f"{PACKAGED}/demo.py",
         f"--suite={PACKAGED}/suites/fashion_halves.py", "--config.seed=1", "--workdir", "demo",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [("return undefined_name", "NameError"), ("return int('x')", "ValueError")],
+)
+def test_a_bug_in_get_config_keeps_its_traceback(tmp_path, body, error):
+    """Only the user's errors become one line (tests/test_bad_inputs.py); a bug does not."""
+    path = tmp_path / "buggy.py"
+    path.write_text(f"def get_config(arg=None):\n    {body}\n")
+    command = [sys.executable, "-m", "imagenot_jax.main", f"--config={path}", "--workdir=w"]
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
+    run = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 1, run.stderr[-2000:]
+    assert "Traceback" in run.stderr and error in run.stderr, run.stderr[-2000:]
+    assert "\nerror: " not in run.stderr
+
+
+def _raised(make):
+    try:
+        make()
+    except Exception as e:
+        return e
+    raise AssertionError("nothing raised")
+
+
+def test_user_message_unwraps_only_the_wrappers_of_config_flags_and_absl():
+    from absl import flags
+
+    def wrapped():  # config_flags copies the error, absl wraps the copy
+        try:
+            try:
+                raise UserError("config argument 'x': expected 'smoke'")
+            except UserError as e:
+                raise UserError("Error whilst parsing config file:\n\nTraceback ...") from e
+        except UserError as e:
+            raise flags.IllegalFlagValueError("flag --config=c.py:x: ...") from e
+
+    message = "config argument 'x': expected 'smoke'"
+    assert config_files.user_message(_raised(wrapped)) == message
+
+    def handler_bug():
+        try:
+            raise UserError("the user's")
+        except UserError:
+            raise RuntimeError("a bug while handling it") from None
+
+    assert config_files.user_message(_raised(handler_bug)) is None
+    bad_value = flags.IllegalFlagValueError("flag --config.optim.lr=abc: could not convert")
+    assert config_files.user_message(bad_value) == str(bad_value)

@@ -12,7 +12,7 @@ from flax import nnx
 
 from imagenot_jax.models import list_models
 from imagenot_jax.rank import reference
-from imagenot_jax.train import trainer
+from imagenot_jax.train import trainer, validate
 from tests.conftest import REPO
 from tests.helpers import abstract_forward
 
@@ -34,7 +34,7 @@ def load_config(name: str, arg: str | None = None):
     spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config(arg)
+    return module.get_config() if arg is None else module.get_config(arg)  # demo: no argument
 
 
 def test_every_paper_model_has_a_recipe():
@@ -70,6 +70,27 @@ def test_bad_config_argument_is_one_line_error():
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="smok"):
         load_config("resnet50", "smok")
+
+
+def _shipped_run_configs():
+    """Every run config the checkout ships (transfer's needs a pretrained workdir: see
+    test_transfer): the recipes with each argument, the demo, each suite's runs."""
+    for name in RECIPES:
+        for arg in (None, "dataset=imagenet", "smoke"):
+            yield f"{name}:{arg}", load_config(name, arg)
+    yield "demo", load_config("demo")
+    for suite in sorted(p.stem for p in (CONFIG_DIR / "suites").glob("[!_]*.py")):
+        for run, config in load_config(f"suites/{suite}").runs.items():
+            yield f"suites/{suite}/{run}", config
+
+
+def test_every_shipped_config_validates():
+    for label, config in _shipped_run_configs():
+        for devices in (1, 4):  # a single device and the demo-size multi-device meshes
+            try:
+                validate.check_train_config(config, devices)
+            except ValueError as e:
+                raise AssertionError(f"{label} on {devices} devices: {e}") from e
 
 
 @pytest.mark.parametrize("name", RECIPES)

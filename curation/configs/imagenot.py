@@ -22,6 +22,7 @@ Expected: the wordnet stage keeps 60,270 of 82,115 noun synsets as candidates; o
 import ml_collections
 
 from curation.configs import base
+from curation.errors import CurationError
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -34,5 +35,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg == "smoke":
         base.apply_smoke(config)
     elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; expected 'smoke' or nothing")
+        raise CurationError(f"unknown config argument {arg!r}; expected 'smoke' or nothing")
     return config

@@ -19,6 +19,7 @@ Expected: 992 of the 1,000 ImageNet classes keep an unambiguous lemma (both "cra
 import ml_collections
 
 from curation.configs import base
+from curation.errors import CurationError
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -50,5 +51,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.select.min_images = 1
         config.select.train, config.select.validation, config.select.test = 0, 0, 5
     elif arg:
-        raise ValueError(f"unknown config argument {arg!r}; expected 'smoke' or nothing")
+        raise CurationError(f"unknown config argument {arg!r}; expected 'smoke' or nothing")
     return config

@@ -78,6 +78,18 @@ def check_suite(suite: ml_collections.ConfigDict) -> None:
             raise UserError(f"suite.transfer.of={of!r}: expected a side that trains (a or b)")
 
 
+def _check_run_configs(runs: Iterable[Run]) -> None:
+    """Every run's config validated before the first run trains (the device count's checks
+    wait for the run itself): a bad field of the last run fails now, not hours later."""
+    from imagenot_jax.train import validate  # here: the models' imports, for this check only
+
+    for run in runs:
+        try:
+            validate.check_train_config(run.config(), num_devices=1)
+        except UserError as e:
+            raise UserError(f"suite.runs.{run.name}: {e}") from e
+
+
 def _place(config: ml_collections.ConfigDict, data_dir: str | None, distributed: bool) -> None:
     if data_dir:
         config.data.data_dir = data_dir
@@ -146,6 +158,8 @@ def plan_runs(
             workdir = root / suite[side].label / name
             build = _side_config(base, spec, data_dir, distributed)
             runs[f"{side}/{name}"] = Run(side, name, workdir, build)
+    # Transfer runs' configs need their pretrained workdirs: checked when they start.
+    _check_run_configs(runs.values())
     if TRANSFER in suite:
         transfer = suite.transfer
         datasets.get(transfer.data)  # an unknown name fails here, not after the pretraining

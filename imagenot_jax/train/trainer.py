@@ -27,7 +27,7 @@ from imagenot_jax.data import input_pipeline
 from imagenot_jax.errors import UserError
 from imagenot_jax.evaluate import predict
 from imagenot_jax.evaluate.metrics import summarize
-from imagenot_jax.train import checkpoint, ema, optim, sharding, wandb_writer
+from imagenot_jax.train import checkpoint, ema, optim, sharding, validate, wandb_writer
 from imagenot_jax.train.metric_writer import MetricWriter
 from imagenot_jax.train.run_control import NonFiniteLossError, PendingMetrics, Preemption, Profiler
 from imagenot_jax.train.steps import accum_steps, make_train_step
@@ -198,9 +198,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         wandb_writer.import_wandb()  # missing: say so now, not after the setup
     sharding.initialize_distributed(config.mesh)
     mesh = sharding.make_mesh()
+    validate.check_train_config(config, mesh.size)  # a bad field: nothing created or written
     workdir_path = epath.Path(workdir)
-    workdir_path.mkdir(parents=True, exist_ok=True)
     num_train, num_classes = num_examples_and_classes(config)
+    step_counts(config, num_train)  # batch vs examples: like the above, before the workdir
+    workdir_path.mkdir(parents=True, exist_ok=True)
     with config.unlocked():
         config.model.num_classes = config.model.get("num_classes") or num_classes
         transfer.resolve_config(config)  # model.init: the pretrained run's model kwargs
