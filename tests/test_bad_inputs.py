@@ -327,19 +327,15 @@ CASES = [
         ("--config=curation/configs/imagenot.py",),
         "error: flag --workdir=None: Flag --workdir must have a value other than None",
     ),
-    # --- tfds build: TFDS's command line exits 1 on any exception (it has no exit code of
-    # its own for the user's errors), and its own prefix, if any, on the message: the last
-    # stderr line must hold the builder's one-line message. -------------------------------
-    pytest.param(
-        Case(
-            "tfds-build-manifest-missing",
-            "tfds",
-            ("build", "tfds_imagenot/imagenot", "--data_dir={tmp}/tfds", "--manual_dir={data}"),
-            "no manifest found: expected",
-            code=1,
-            prefix="",
-        ),
-        marks=pytest.mark.xfail(strict=False, reason="one-line tfds build errors land separately"),
+    # --- tfds build: TFDS's command line exits 1 after a traceback on any exception, except
+    # absl's UsageError, which it prints after its own `USAGE:` line and exits with the error's
+    # code: the builder's ManifestError is one (exit 2); the last stderr line is its message.
+    Case(
+        "tfds-build-manifest-missing",
+        "tfds",
+        ("build", "tfds_imagenot/imagenot", "--data_dir={tmp}/tfds", "--manual_dir={data}"),
+        "no manifest found: expected",
+        prefix="",
     ),
 ]
 
