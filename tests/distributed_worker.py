@@ -15,7 +15,10 @@ import json
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+# Only as a program: importing this module (as tests do, for its constants) must not change
+# the importing process's devices, nor those of the processes it starts.
+if __name__ == "__main__":
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 
 import jax
 import numpy as np
