@@ -17,6 +17,10 @@ keep the plain argmax); datasets with a `real_label` feature (TFDS imagenet2012_
 multi-label accuracy (`real_top1` over `real_n` images, `real_excluded` with no label).
 ImageNetV2 (`--dataset imagenet_v2/matched-frequency --split test`) shares ImageNet's label space
 and needs nothing more.
+
+Only the weights are read (params, BatchNorm statistics, EMA), not the optimizer state. A
+damaged checkpoint (the one asked for, or the latest by default) is an error naming its step
+and file and the latest intact step to pass as --step: never a silent switch to another step.
 """
 
 from __future__ import annotations
