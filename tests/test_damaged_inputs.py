@@ -3,6 +3,7 @@ evaluate reads only the weights (not the optimizer state)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import tensorstore as ts
 from imagenot_jax.errors import UserError
 from imagenot_jax.evaluate import evaluation
 from imagenot_jax.train import checkpoint, sharding, trainer
-from tests.helpers import REPO, checkpoint_steps, run_main
+from tests.helpers import REPO, checkpoint_steps, cli_overrides, run_main
 
 STEPS = {"schedule.num_steps": 6, "optim.ema_decay": 0.9, "optim.ema_steps": 1}  # saves 3, 6
 
@@ -128,3 +129,63 @@ def test_evaluate_does_not_read_the_optimizer_state(trained, tmp_path):
     with pytest.raises(ValueError):  # the arrays really are gone: a full restore fails
         checkpointer.restore(6, abstract)
     checkpointer.close()
+
+
+# --- corrupt ArrayRecord shards ------------------------------------------------------------
+
+SHARD = "fashion_mnist_local/all/1.0.0/fashion_mnist_local-{}.array_record-00000-of-00001"
+
+
+@pytest.fixture(scope="module")
+def corrupt_data(tmp_path_factory, fake_fashion_mnist):
+    """The fake Fashion-MNIST with its train shard cut in half (the index at its end is gone:
+    every read fails) and 200 bytes of its test shard's records overwritten."""
+    root = tmp_path_factory.mktemp("corrupt") / "data"
+    shutil.copytree(fake_fashion_mnist, root)
+    train = root / SHARD.format("train")
+    os.truncate(train, train.stat().st_size // 2)
+    test = root / SHARD.format("test")
+    data = bytearray(test.read_bytes())
+    data[2000:2200] = b"\xab" * 200  # inside the first chunk of records
+    test.write_bytes(bytes(data))
+    return root
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    # A hang (a grain worker's error not reaching the parent) fails the test by the timeout.
+    return subprocess.run(
+        command, cwd=REPO, capture_output=True, text=True, timeout=240, check=False
+    )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_on_a_truncated_shard_is_one_line_exit_2(tmp_path, corrupt_data, workers):
+    command = [
+        sys.executable, "-m", "imagenot_jax.main", "--config", "configs/demo.py",
+        f"--workdir={tmp_path / 'run'}",
+        *cli_overrides(corrupt_data, **{"schedule.num_steps": 3, "input.num_workers": workers}),
+    ]  # fmt: skip
+    result = _run(command)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = _stderr_lines(result)[-1]
+    assert last.startswith("error: corrupt data: record ")
+    assert f"of shard {corrupt_data / SHARD.format('train')}: Corrupted Riegeli" in last
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_evaluate_on_an_overwritten_shard_is_one_line_exit_2(
+    trained, tmp_path, corrupt_data, workers
+):
+    workdir = _copy(trained, tmp_path)
+    run_config = json.loads((workdir / "config.json").read_text())
+    run_config["input"]["num_workers"] = workers  # evaluate reads the run's input config
+    (workdir / "config.json").write_text(json.dumps(run_config))
+    command = [
+        sys.executable, "-m", "imagenot_jax.evaluate", f"--workdir={workdir}",
+        f"--data_dir={corrupt_data}", "--split=test", "--batch_size=8",
+    ]  # fmt: skip
+    result = _run(command)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last = _stderr_lines(result)[-1]
+    assert last.startswith("error: corrupt data: record ")
+    assert f"of shard {corrupt_data / SHARD.format('test')}: Corrupted Riegeli" in last

@@ -140,6 +140,15 @@ class Record(NamedTuple):
 _FAST_FIELDS = {"image": "O", "label": "i", "key": "O"}  # numpy kinds: bytes, integer
 
 
+class CorruptRecordError(UserError):
+    """A dataset record that cannot be read or decoded (a truncated or overwritten shard).
+    Built from its message alone, so that it pickles back from a grain worker."""
+
+    @classmethod
+    def at(cls, where: str, problem: str) -> CorruptRecordError:
+        return cls(f"corrupt data: {where}: {problem}")
+
+
 class RecordReader:
     """Reads `Record`s for a batch of indices with one ArrayRecord `__getitems__` call.
 
@@ -162,6 +171,28 @@ class RecordReader:
 
     def read(self, indices: Sequence[int]) -> list[Record]:
         indices = [int(i) for i in indices]
+        try:
+            return self._read(indices)
+        except RuntimeError as error:
+            if "Riegeli" not in str(error):  # array_record's reader: checksums, truncation
+                raise
+            for index in indices:  # the batched read does not say which record failed
+                try:
+                    self._read([index])
+                except RuntimeError as one:
+                    raise CorruptRecordError.at(self.where(index), str(one)) from None
+            raise
+
+    def where(self, index: int) -> str:
+        """'record R of shard PATH' for the split's `index`-th record."""
+        instructions = getattr(self.source.data_source, "_read_instructions", None)
+        for instruction in instructions or ():  # array_record's split into shard files
+            if index < instruction.num_records:
+                return f"record {instruction.start + index} of shard {instruction.filename}"
+            index -= instruction.num_records
+        return f"record {index} of {self.source}"
+
+    def _read(self, indices: list[int]) -> list[Record]:
         if not self.fast:
             return [
                 Record(r["image"], int(r["label"]), bytes(r.get("key", b"")))
@@ -240,7 +271,10 @@ def _train_batch(
     rng = np.random.Generator(np.random.Philox())
     for i, ((_, state), record) in enumerate(zip(draws, reader.read(indices), strict=True)):
         rng.bit_generator.state = state
-        images[i] = _train_image(record.image, cfg, train_augment, rng)
+        try:
+            images[i] = _train_image(record.image, cfg, train_augment, rng)
+        except OSError as error:  # PIL: bytes that are not a whole image
+            raise CorruptRecordError.at(reader.where(indices[i]), f"image: {error}") from None
         labels[i] = record.label
     return {"image": images, "label": labels, "index": np.asarray(indices, np.int64)}
 
@@ -257,9 +291,13 @@ def _eval_example(source: Any, cfg: ml_collections.ConfigDict, index: int) -> Ex
             "mask": np.bool_(False),
         }
     record = source[int(index)]
-    image = image_ops.decode_resize_center_crop(
-        record["image"], cfg.eval_resize, cfg.eval_crop, cfg.channels, cfg.dct_downscale
-    )
+    try:
+        image = image_ops.decode_resize_center_crop(
+            record["image"], cfg.eval_resize, cfg.eval_crop, cfg.channels, cfg.dct_downscale
+        )
+    except OSError as error:  # PIL: bytes that are not a whole image
+        where = source.where(index) if isinstance(source, RecordReader) else f"record {index}"
+        raise CorruptRecordError.at(where, f"image: {error}") from None
     return {
         "image": image,
         "label": np.int32(record["label"]),
