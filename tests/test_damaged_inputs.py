@@ -9,13 +9,15 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import tensorstore as ts
 
+from imagenot_jax.data import input_pipeline
 from imagenot_jax.errors import UserError
 from imagenot_jax.evaluate import evaluation
 from imagenot_jax.train import checkpoint, sharding, trainer
-from tests.helpers import REPO, checkpoint_steps, cli_overrides, run_main
+from tests.helpers import REPO, checkpoint_steps, cli_overrides, run_main, tiny_config
 
 STEPS = {"schedule.num_steps": 6, "optim.ema_decay": 0.9, "optim.ema_steps": 1}  # saves 3, 6
 
@@ -189,3 +191,38 @@ def test_evaluate_on_an_overwritten_shard_is_one_line_exit_2(
     last = _stderr_lines(result)[-1]
     assert last.startswith("error: corrupt data: record ")
     assert f"of shard {corrupt_data / SHARD.format('test')}: Corrupted Riegeli" in last
+
+
+def _skipping_config(corrupt_data):
+    # The test split (records 1 and 2 overwritten) for training too: some records readable.
+    overrides = {"data.train_split": "test", "data.eval_split": "test"}
+    return tiny_config(corrupt_data, **overrides, **{"input.skip_corrupt_records": True})
+
+
+def _skip_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped ")]
+
+
+def test_skip_corrupt_records_in_training_keeps_full_batches(corrupt_data, caplog):
+    config = _skipping_config(corrupt_data)
+    batches = input_pipeline.make_train_dataset(config, input_pipeline.ProcessShard())
+    iterator = iter(batches)
+    indices = np.concatenate([next(iterator)["index"] for _ in range(3)])  # > 2 epochs of 21
+    iterator.close()
+    assert len(indices) == 48
+    assert not {1, 2} & set(indices.tolist())  # the bad records' slots hold good ones
+    warnings = _skip_warnings(caplog)
+    assert warnings and all("corrupt data: record " in w for w in warnings)
+    assert {w.split(" of shard")[0][-8:] for w in warnings} == {"record 1", "record 2"}
+    assert "skipped so far in this process" in warnings[-1]
+
+
+def test_skip_corrupt_records_in_evaluation_leaves_them_out(corrupt_data, caplog):
+    config = _skipping_config(corrupt_data)
+    batches = list(input_pipeline.make_eval_dataset(config, shard=input_pipeline.ProcessShard()))
+    kept = np.concatenate([b["index"][b["mask"]] for b in batches])
+    assert sorted(kept.tolist()) == [i for i in range(21) if i not in (1, 2)]
+    assert {w.split(" of shard")[0] for w in _skip_warnings(caplog)} == {
+        "skipped corrupt data: record 1",
+        "skipped corrupt data: record 2",
+    }
