@@ -29,7 +29,8 @@ import tensorflow_datasets as tfds
 from absl import flags, logging
 from tensorflow_datasets.proto import tf_example_pb2
 
-from imagenot_jax.data import augment, datasets, image_ops
+from imagenot_jax.data import augment, corrupt, datasets, image_ops
+from imagenot_jax.data.corrupt import CorruptRecordError
 from imagenot_jax.errors import MissingInputError, UserError
 
 Example = dict[str, Any]
@@ -160,6 +161,10 @@ def default_config() -> ml_collections.ConfigDict:
     # Batches buffered per worker; host memory ~ (prefetch + 1) * workers * batch bytes
     # (3 * 15 * 38 MB for 256 images of 224 px), so keep it small.
     config.input.prefetch = 2
+    # A record that cannot be read or decoded: False = stop with an error naming the shard and
+    # record; True = skip it with a counted warning (train: a good image of the same batch
+    # takes its place; eval: it is left out of the counts, like padding).
+    config.input.skip_corrupt_records = False
     return config
 
 
@@ -199,6 +204,28 @@ class RecordReader:
 
     def read(self, indices: Sequence[int]) -> list[Record]:
         indices = [int(i) for i in indices]
+        try:
+            return self._read(indices)
+        except RuntimeError as error:
+            if "Riegeli" not in str(error):  # array_record's reader: checksums, truncation
+                raise
+            for index in indices:  # the batched read does not say which record failed
+                try:
+                    self._read([index])
+                except RuntimeError as one:
+                    raise CorruptRecordError.at(self.where(index), str(one)) from None
+            raise
+
+    def where(self, index: int) -> str:
+        """'record R of shard PATH' for the split's `index`-th record."""
+        instructions = getattr(self.source.data_source, "_read_instructions", None)
+        for instruction in instructions or ():  # array_record's split into shard files
+            if index < instruction.num_records:
+                return f"record {instruction.start + index} of shard {instruction.filename}"
+            index -= instruction.num_records
+        return f"record {index} of {self.source}"
+
+    def _read(self, indices: list[int]) -> list[Record]:
         if not self.fast:
             return [
                 Record(r["image"], int(r["label"]), bytes(r.get("key", b"")))
@@ -275,11 +302,33 @@ def _train_batch(
     images = np.empty((len(draws), size, size, cfg.channels), np.uint8)
     labels = np.empty(len(draws), np.int32)
     rng = np.random.Generator(np.random.Philox())
-    for i, ((_, state), record) in enumerate(zip(draws, reader.read(indices), strict=True)):
+    skipping = cfg.get("skip_corrupt_records", False)
+    records = corrupt.read_skipping(reader.read, indices) if skipping else reader.read(indices)
+    good = []
+    for i, ((_, state), record) in enumerate(zip(draws, records, strict=True)):
         rng.bit_generator.state = state
-        images[i] = _train_image(record.image, cfg, train_augment, rng)
-        labels[i] = record.label
-    return {"image": images, "label": labels, "index": np.asarray(indices, np.int64)}
+        try:
+            if record is not None:
+                images[i] = _train_image(record.image, cfg, train_augment, rng)
+                labels[i] = record.label
+                good.append(i)
+        except OSError as error:  # PIL: bytes that are not a whole image
+            bad = CorruptRecordError.at(reader.where(indices[i]), f"image: {error}")
+            if not skipping:
+                raise bad from None
+            corrupt.skip(bad)
+    batch = {"image": images, "label": labels, "index": np.asarray(indices, np.int64)}
+    return corrupt.fill_skipped(batch, good, reader.where)
+
+
+def _eval_image(source: Any, cfg: ml_collections.ConfigDict, index: int, data: bytes):
+    try:
+        return image_ops.decode_resize_center_crop(
+            data, cfg.eval_resize, cfg.eval_crop, cfg.channels, cfg.dct_downscale
+        )
+    except OSError as error:  # PIL: bytes that are not a whole image
+        where = source.where(index) if isinstance(source, RecordReader) else f"record {index}"
+        raise CorruptRecordError.at(where, f"image: {error}") from None
 
 
 def _eval_example(source: Any, cfg: ml_collections.ConfigDict, index: int) -> Example:
@@ -293,10 +342,14 @@ def _eval_example(source: Any, cfg: ml_collections.ConfigDict, index: int) -> Ex
             "key": b"",
             "mask": np.bool_(False),
         }
-    record = source[int(index)]
-    image = image_ops.decode_resize_center_crop(
-        record["image"], cfg.eval_resize, cfg.eval_crop, cfg.channels, cfg.dct_downscale
-    )
+    try:
+        record = source[int(index)]
+        image = _eval_image(source, cfg, index, record["image"])
+    except CorruptRecordError as error:
+        if not cfg.get("skip_corrupt_records", False):
+            raise
+        corrupt.skip(error)
+        return _eval_example(source, cfg, -1)  # left out of the counts, like padding
     return {
         "image": image,
         "label": np.int32(record["label"]),

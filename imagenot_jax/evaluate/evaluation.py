@@ -17,6 +17,10 @@ keep the plain argmax); datasets with a `real_label` feature (TFDS imagenet2012_
 multi-label accuracy (`real_top1` over `real_n` images, `real_excluded` with no label).
 ImageNetV2 (`--dataset imagenet_v2/matched-frequency --split test`) shares ImageNet's label space
 and needs nothing more.
+
+Only the weights are read (params, BatchNorm statistics, EMA), not the optimizer state. A
+damaged checkpoint (the one asked for, or the latest by default) is an error naming its step
+and file and the latest intact step to pass as --step: never a silent switch to another step.
 """
 
 from __future__ import annotations
@@ -76,12 +80,32 @@ def _restore(workdir: str, config: ml_collections.ConfigDict, step: int | None, 
     step = step if step is not None else checkpointer.latest_step()
     if step is None:
         raise MissingInputError(f"no checkpoint in {checkpointer.directory}")
+    _verify(checkpointer, step)
     abstract = checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
-    state = checkpointer.restore(step, abstract)
+    state = checkpointer.restore_weights(step, abstract)
     checkpointer.close()
     if not (use_ema and state.ema is not None):
         state = state.replace(ema=None)
     return setup, state, int(step)
+
+
+def _verify(checkpointer: checkpoint.Checkpointer, step: int) -> None:
+    """Stop on a damaged checkpoint, naming the latest intact one: evaluating another step
+    than the one asked for (or the latest) would be a silent substitution."""
+    try:
+        checkpointer.verify(step, skip=("opt_state.",), data=False)
+    except checkpoint.DamagedCheckpointError as error:
+        intact = None
+        for earlier in sorted((s for s in checkpointer.all_steps() if s < step), reverse=True):
+            try:
+                checkpointer.verify(earlier, skip=("opt_state.",), data=False)
+                intact = earlier
+                break
+            except checkpoint.DamagedCheckpointError:
+                continue
+        hint = f"; the latest intact one is step {intact} (--step={intact})" if intact else ""
+        problem = error.problem + hint
+        raise checkpoint.DamagedCheckpointError(error.step, error.file, problem) from None
 
 
 def evaluate_checkpoint(

@@ -303,6 +303,8 @@ def _initial_state(
         return setup.init(
             transfer.load_pretrained(setup.config, setup.abstract_state, setup.state_shardings)
         )
-    logging.info("resuming from step %d in %s", latest, checkpointer.directory)
+    step = checkpointer.latest_intact_step()
+    logging.info("resuming from step %d in %s", step, checkpointer.directory)
     abstract = checkpoint.abstract_with_shardings(setup.abstract_state, setup.state_shardings)
-    return checkpointer.restore(latest, abstract, train_iter)
+    # A config that does not fit the checkpoint (another model) fails here, not as damage.
+    return checkpointer.restore(step, abstract, train_iter)
