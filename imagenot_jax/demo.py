@@ -24,7 +24,7 @@ from imagenot_jax.cli import (
     run_command,
     run_user_command,
 )
-from imagenot_jax.data import input_pipeline
+from imagenot_jax.data import data_dirs
 from imagenot_jax.data.datasets import prepare_dataset
 from imagenot_jax.evaluate import evaluation
 from imagenot_jax.train import trainer
@@ -39,7 +39,7 @@ _SUITE = config_flags.DEFINE_config_file(
 )
 _SUITE_WORKDIR = define_path_flag("suite_workdir", ".data/suite", "The suite's directory.")
 _RUN_SUITE = flags.DEFINE_boolean("run_suite", True, "Run the suite after the demo.")
-_DATA_DIR = define_path_flag("data_dir", None, input_pipeline.DATA_DIR_RULE)
+_DATA_DIR = define_path_flag("data_dir", None, data_dirs.DATA_DIR_RULE)
 _MANUAL_DIR = define_path_flag(
     "manual_dir", None, "Source files for the builder (default: the builder's own default)."
 )
@@ -62,7 +62,7 @@ def print_result(result: dict, train_seconds: float) -> None:
 
 
 def run(config, workdir: str, data_dir: str | None, manual_dir: str | None) -> None:
-    data_dir = input_pipeline.resolve_data_dir(data_dir)
+    data_dir = data_dirs.resolve_data_dir(data_dir)
     config.data.data_dir = data_dir
     prepare_dataset(config.data.name, data_dir, manual_dir)
     start = time.perf_counter()

@@ -240,15 +240,11 @@ CASES = [
         "--step=last",
         start="error: flag --step=last: invalid literal for int()",
     ),
-    pytest.param(
-        evaluate("eval-step-missing", "--workdir={ckpt}", "--step=7", start="error: "),
-        marks=pytest.mark.xfail(strict=False, reason="missing checkpoint steps: checkpoint.py"),
-    ),
-    pytest.param(
-        evaluate("eval-checkpoint-truncated", "--workdir={damaged}", start="error: "),
-        marks=pytest.mark.xfail(
-            strict=False, reason="damaged checkpoint handling lands separately"
-        ),
+    evaluate("eval-step-missing", "--workdir={ckpt}", "--step=7", start="error: "),
+    evaluate(
+        "eval-checkpoint-truncated",
+        "--workdir={damaged}",
+        start="error: checkpoint step 0 is damaged: {damaged}/checkpoints/0/state/",
     ),
     # --- rank -----------------------------------------------------------------------------
     rank("rank-no-sets", start="error: give two result sets with --a and --b"),

@@ -14,7 +14,7 @@ from conftest import REPO
 from helpers import cli_overrides
 
 from imagenot_jax import cli
-from imagenot_jax.data import input_pipeline
+from imagenot_jax.data import data_dirs
 
 
 def test_absolute_path_resolves_local_paths_and_keeps_uris(tmp_path, monkeypatch):
@@ -38,20 +38,20 @@ def test_path_flags_are_absolute_once_parsed(tmp_path, monkeypatch):
 
 def test_data_dir_rule_env_then_checkout_then_tfds_default(tmp_path, monkeypatch):
     checkout = tmp_path / "checkout" / ".data" / "tensorflow_datasets"
-    monkeypatch.setattr(input_pipeline, "CHECKOUT_DATA_DIR", checkout)
+    monkeypatch.setattr(data_dirs, "CHECKOUT_DATA_DIR", checkout)
     monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
     default = os.path.expanduser("~/tensorflow_datasets")
-    assert input_pipeline.default_data_dir_and_origin() == (default, "TFDS's default")
+    assert data_dirs.default_data_dir_and_origin() == (default, "TFDS's default")
     checkout.mkdir(parents=True)  # what `make demo` creates
-    assert input_pipeline.default_data_dir_and_origin() == (str(checkout), "the checkout's .data")
+    assert data_dirs.default_data_dir_and_origin() == (str(checkout), "the checkout's .data")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TFDS_DATA_DIR", "mine")  # relative: against the current directory
     expected = (str(tmp_path / "mine"), "$TFDS_DATA_DIR")
-    assert input_pipeline.default_data_dir_and_origin() == expected
+    assert data_dirs.default_data_dir_and_origin() == expected
 
 
 def test_the_checkout_data_dir_is_the_repos():
-    assert input_pipeline.CHECKOUT_DATA_DIR == REPO / ".data" / "tensorflow_datasets"
+    assert data_dirs.CHECKOUT_DATA_DIR == REPO / ".data" / "tensorflow_datasets"
 
 
 def _run(*command: str) -> subprocess.CompletedProcess:

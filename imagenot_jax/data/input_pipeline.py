@@ -18,7 +18,6 @@ import atexit
 import dataclasses
 import functools
 import os
-import pathlib
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -26,10 +25,10 @@ import grain
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
-from absl import flags, logging
+from absl import flags
 from tensorflow_datasets.proto import tf_example_pb2
 
-from imagenot_jax.data import augment, corrupt, datasets, image_ops
+from imagenot_jax.data import augment, corrupt, data_dirs, datasets, image_ops
 from imagenot_jax.data.corrupt import CorruptRecordError
 from imagenot_jax.errors import MissingInputError, UserError
 
@@ -54,49 +53,9 @@ class DatasetMissingError(MissingInputError):
     """The named TFDS dataset has not been prepared in the data dir."""
 
 
-# Where `make demo` builds its datasets: .data/tensorflow_datasets of the checkout this package
-# runs from (an installed wheel has none, and falls through to TFDS's default).
-CHECKOUT_DATA_DIR = pathlib.Path(__file__).resolve().parents[2] / ".data" / "tensorflow_datasets"
-DATA_DIR_RULE = (
-    "TFDS data dir (default: $TFDS_DATA_DIR, else the checkout's .data/tensorflow_datasets when "
-    "it exists, else ~/tensorflow_datasets)."
-)
-
-
-def default_data_dir_and_origin() -> tuple[str, str]:
-    """The data dir when none is given, and where the choice came from: $TFDS_DATA_DIR, else the
-    checkout's .data/tensorflow_datasets when it exists (make and direct commands then agree),
-    else TFDS's own default ~/tensorflow_datasets."""
-    if os.environ.get("TFDS_DATA_DIR"):
-        return os.path.abspath(os.path.expanduser(os.environ["TFDS_DATA_DIR"])), "$TFDS_DATA_DIR"
-    if CHECKOUT_DATA_DIR.is_dir():
-        return str(CHECKOUT_DATA_DIR), "the checkout's .data"
-    return os.path.expanduser("~/tensorflow_datasets"), "TFDS's default"
-
-
-def default_data_dir() -> str:
-    """The data dir when none is given (see default_data_dir_and_origin)."""
-    return default_data_dir_and_origin()[0]
-
-
-_announced: set[str] = set()
-
-
-def resolve_data_dir(data_dir: str | None) -> str:
-    """`data_dir`, else the default; the first time a process uses a data dir it logs which and
-    why, so that where datasets are looked for is never a guess."""
-    origin = "given"
-    if not data_dir:
-        data_dir, origin = default_data_dir_and_origin()
-    if data_dir not in _announced:
-        _announced.add(data_dir)
-        logging.info("TFDS data dir: %s (%s)", data_dir, origin)
-    return data_dir
-
-
 def open_source(name: str, split: str, data_dir: str | None) -> Any:
     """A random-access TFDS data source whose `image` feature stays encoded bytes."""
-    data_dir = resolve_data_dir(data_dir)
+    data_dir = data_dirs.resolve_data_dir(data_dir)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
@@ -127,7 +86,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.name = "imagenot/256"  # TFDS name[/config][:version]
     # None: $TFDS_DATA_DIR, else the checkout's .data/tensorflow_datasets when it exists, else
-    # ~/tensorflow_datasets (input_pipeline.default_data_dir_and_origin)
+    # ~/tensorflow_datasets (data_dirs.default_data_dir_and_origin)
     config.data.data_dir = ml_collections.config_dict.placeholder(str)
     config.data.train_split = "train"
     config.data.eval_split = "validation"

@@ -31,7 +31,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from imagenot_jax.data import datasets, input_pipeline
+from imagenot_jax.data import data_dirs, datasets, input_pipeline
 from imagenot_jax.errors import MissingInputError, UserError
 
 IDENTITY, WNID = "identity", "wnid"
@@ -314,7 +314,7 @@ def training_class_names(name: str, data_dir: str | None) -> list[str] | None:
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)  # TFDS warns about an unprepared dataset's folder
     try:
-        builder = tfds.builder(name, data_dir=input_pipeline.resolve_data_dir(data_dir))
+        builder = tfds.builder(name, data_dir=data_dirs.resolve_data_dir(data_dir))
         features = builder.info.features
     except (tfds.core.registered.DatasetNotFoundError, OSError, ValueError, KeyError):
         return None

@@ -9,14 +9,14 @@ from etils import epath
 from ml_collections import config_flags
 
 from imagenot_jax.cli import define_compilation_cache_flag, define_path_flag, run_command
-from imagenot_jax.data import input_pipeline
+from imagenot_jax.data import data_dirs
 from imagenot_jax.suite import claims, plan, runner
 
 
 def define_flags() -> None:
     config_flags.DEFINE_config_file("suite", None, "Suite config file.", lock_config=True)
     define_path_flag("workdir", None, "Suite directory: one workdir per run, and report/.")
-    define_path_flag("data_dir", None, input_pipeline.DATA_DIR_RULE)
+    define_path_flag("data_dir", None, data_dirs.DATA_DIR_RULE)
     flags.DEFINE_list("only", [], "Run just these runs: names (every stage) or stage/name ids.")
     flags.DEFINE_list("side", [], "Run just these stages: a, b, transfer.")
     flags.DEFINE_boolean(

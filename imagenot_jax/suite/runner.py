@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from imagenot_jax.data import datasets, input_pipeline
+from imagenot_jax.data import data_dirs, datasets
 from imagenot_jax.errors import UserError
 from imagenot_jax.suite import claims
 from imagenot_jax.suite.plan import DONE, SIDES, TRANSFER, Run, plan_runs, select, status
@@ -127,7 +127,7 @@ def _prepare_datasets(suite: ml_collections.ConfigDict, data_dir: str | None) ->
         spec = datasets.get(name)
         if spec.builder:
             try:
-                datasets.prepare_dataset(spec.tfds_name, input_pipeline.resolve_data_dir(data_dir))
+                datasets.prepare_dataset(spec.tfds_name, data_dirs.resolve_data_dir(data_dir))
             except FileExistsError:  # TFDS's final rename: another process built it first
                 print(f"suite: {spec.tfds_name} was built by another process")
 
