@@ -94,3 +94,13 @@ def pipeline_data_dir(tmp_path_factory) -> pathlib.Path:
     from tests.helpers import build_pipeline_datasets
 
     return build_pipeline_datasets(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray of 2 CPUs for one module; its threads stay up until the module ends, so the
+    modules run their Ray tests last (later tests fork)."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -359,15 +359,7 @@ def test_synthetic_captions_are_deterministic_and_hold_lemmas():
     assert 0 < sum(not c.isascii() for c in captions) < 0.4 * 500
 
 
-# Ray last: its threads stay up until the module ends, and later tests fork.
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+# Ray last (ray_local, tests/conftest.py): its threads stay up until the module ends.
 
 
 def test_local_and_ray_give_identical_output(tmp_path, ray_local):

@@ -106,15 +106,7 @@ def test_killed_in_the_middle_resumes_into_the_same_files(workdir):
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 
 
-# Ray last: its threads stay up until the module ends.
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
+# Ray last (ray_local, tests/conftest.py): its threads stay up until the module ends.
 
 
 def test_ray_actor_pool_gives_the_same_bytes_as_the_local_engine(workdir, ray_local):
