@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 
-import pytest
 from absl import flags
 from conftest import REPO
 from helpers import cli_overrides
@@ -93,17 +92,13 @@ def test_readme_train_and_evaluate_commands_with_relative_paths(tmp_path, fake_f
     assert again.returncode == 0, again.stderr[-3000:]
 
 
-@pytest.mark.parametrize("flag", ["--workdir", "--data_dir"])
-def test_suite_and_rank_take_relative_paths(tmp_path, flag):
-    """`--list` plans without training: the paths it prints are absolute."""
+def test_suite_lists_its_runs_from_relative_paths(tmp_path):
+    """`--list` plans every run (its config validated) from a relative suite file, workdir and
+    data dir, as typed from the repo root."""
     workdir = os.path.relpath(tmp_path / "suite", REPO)
-    args = ["--workdir", workdir]
-    if flag == "--data_dir":
-        args += ["--data_dir", os.path.relpath(tmp_path / "data", REPO)]
-    listed = _run(
-        "imagenot_jax.suite", "--suite", "configs/suites/fashion_halves.py", "--list", *args
-    )
+    data_dir = os.path.relpath(tmp_path / "data", REPO)
+    suite = ("imagenot_jax.suite", "--suite", "configs/suites/fashion_halves.py", "--list")
+    listed = _run(*suite, "--workdir", workdir, "--data_dir", data_dir)
     assert listed.returncode == 0, listed.stderr[-3000:]
-    assert str(tmp_path / "suite") in listed.stdout
-    if flag == "--data_dir":
-        assert str(tmp_path / "data") in listed.stdout
+    runs = [line.split("\t") for line in listed.stdout.splitlines()]
+    assert len(runs) == 12 and all(state == "not started" for _, state, _ in runs)
