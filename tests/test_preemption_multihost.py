@@ -20,7 +20,9 @@ from tests.distributed_worker import LONG_STEPS
 from tests.helpers import checkpoint_steps
 from tests.test_distributed import WORKER, _free_port
 
-TIMEOUT = 180  # seconds: a hang (unsynchronised collective save) fails the test
+# Seconds for each two-process launch: a hang (unsynchronised collective save) fails the test;
+# generous, because two JAX processes start slowly on a loaded 2-core machine.
+TIMEOUT = 600
 
 
 def _start(workdir: pathlib.Path, dataset_dir, logs: pathlib.Path) -> list[subprocess.Popen]:
