@@ -20,7 +20,6 @@ backbone's gradients are never used, so XLA drops their computation.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -34,6 +33,7 @@ from absl import logging
 from etils import epath
 
 from imagenot_jax import models
+from imagenot_jax.cli import absolute_path
 from imagenot_jax.errors import MissingInputError, UserError
 from imagenot_jax.train import checkpoint
 
@@ -53,9 +53,7 @@ def parse_init(init: str) -> tuple[str, int | None]:
     """`"DIR"` -> (DIR, None: latest checkpoint); `"DIR:STEP"` -> (DIR, STEP); DIR made absolute."""
     match = re.fullmatch(r"(.+):(\d+)", init)
     workdir, step = (match.group(1), int(match.group(2))) if match else (init, None)
-    if "://" not in workdir:  # orbax wants absolute paths (gs:// ones already are)
-        workdir = os.path.abspath(workdir)
-    return workdir, step
+    return absolute_path(workdir), step  # orbax wants absolute paths (gs:// ones already are)
 
 
 def pretrained_config(init: str) -> ml_collections.ConfigDict:

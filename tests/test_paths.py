@@ -47,6 +47,8 @@ def test_data_dir_rule_env_then_checkout_then_tfds_default(tmp_path, monkeypatch
     monkeypatch.setenv("TFDS_DATA_DIR", "mine")  # relative: against the current directory
     expected = (str(tmp_path / "mine"), "$TFDS_DATA_DIR")
     assert data_dirs.default_data_dir_and_origin() == expected
+    monkeypatch.setenv("TFDS_DATA_DIR", "gs://bucket/tfds")  # a URI stays as given
+    assert data_dirs.default_data_dir_and_origin() == ("gs://bucket/tfds", "$TFDS_DATA_DIR")
 
 
 def test_the_checkout_data_dir_is_the_repos():

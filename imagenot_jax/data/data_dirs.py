@@ -8,6 +8,8 @@ import pathlib
 
 from absl import logging
 
+from imagenot_jax.cli import absolute_path
+
 # Where `make demo` builds its datasets: .data/tensorflow_datasets of the checkout this package
 # runs from (an installed wheel has none, and falls through to TFDS's default).
 CHECKOUT_DATA_DIR = pathlib.Path(__file__).resolve().parents[2] / ".data" / "tensorflow_datasets"
@@ -22,15 +24,10 @@ def default_data_dir_and_origin() -> tuple[str, str]:
     checkout's .data/tensorflow_datasets when it exists (make and direct commands then agree),
     else TFDS's own default ~/tensorflow_datasets."""
     if os.environ.get("TFDS_DATA_DIR"):
-        return os.path.abspath(os.path.expanduser(os.environ["TFDS_DATA_DIR"])), "$TFDS_DATA_DIR"
+        return absolute_path(os.environ["TFDS_DATA_DIR"]), "$TFDS_DATA_DIR"
     if CHECKOUT_DATA_DIR.is_dir():
         return str(CHECKOUT_DATA_DIR), "the checkout's .data"
     return os.path.expanduser("~/tensorflow_datasets"), "TFDS's default"
-
-
-def default_data_dir() -> str:
-    """The data dir when none is given (see default_data_dir_and_origin)."""
-    return default_data_dir_and_origin()[0]
 
 
 _announced: set[str] = set()
