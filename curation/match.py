@@ -200,7 +200,7 @@ def match_captions(
         cuts = caption_rules.boundaries(captions, text, ends)
         head = caption_rules.heads(caption, end, cuts, ends)
     found = resolve(lexicon, caption, lemma, multi_synset, head)
-    kept = found.multi if multi_synset == "best" else found.kept_multi
+    kept = found.kept_multi
     return found, {
         "nested_lemmas_suppressed": nested,
         "matched_captions": found.matched,

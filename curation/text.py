@@ -152,7 +152,8 @@ class Lexicon:
 class Found:
     """Resolved matches of a batch of captions: one entry per output row, sorted by caption
     then synset; `matched`/`multi`: captions with >= 1 / > 1 synsets (before any drop);
-    `kept_multi`: multi-synset captions kept with one synset (policy head_noun)."""
+    `kept_multi`: multi-synset captions kept (policy best: all; head_noun: those with one
+    synset for their head)."""
 
     caption: np.ndarray
     wnid: np.ndarray
@@ -290,4 +291,5 @@ def _resolve_all(lexicon: Lexicon, caption: np.ndarray, lemma: np.ndarray) -> Fo
     caption, wnid = group >> widths[0], group & ((1 << widths[0]) - 1)
     lemma = lexicon.synset_lemma[lexicon.synset_ptr[wnid] + (key & ((1 << widths[2]) - 1))]
     synsets = np.diff(np.flatnonzero(np.r_[True, caption[1:] != caption[:-1], True]))
-    return Found(caption, wnid, lemma, matched=len(synsets), multi=int((synsets > 1).sum()))
+    multi = int((synsets > 1).sum())  # all kept, one row per synset
+    return Found(caption, wnid, lemma, matched=len(synsets), multi=multi, kept_multi=multi)
