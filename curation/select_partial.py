@@ -40,6 +40,7 @@ import fractions
 import math
 import pathlib
 import shutil
+import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -66,7 +67,6 @@ from curation.select_rows import (
     new_counts,
     read_shard,
     required_columns,
-    seeded_hash,
     with_order_columns,
 )
 
@@ -178,8 +178,8 @@ def partition_task(task: Mapping[str, Any]) -> dict[str, Any]:
         return {"error": str(e)}
     eligible_rows = with_order_columns(eligible_rows, s)
     by = "url" if s.select.unique_urls else "key"
-    bucket = seeded_hash(eligible_rows.column(by), 0, b"bucket") % np.uint64(task["buckets"])
-    tables = _split(eligible_rows, bucket.astype(np.int64), task["buckets"])
+    bucket = bucket_of(eligible_rows.column(by), task["buckets"])
+    tables = _split(eligible_rows, bucket, task["buckets"])
     _write_batches(task["out"], eligible_rows.schema, tables)
     return {"counts": counts, "matched": dict(matched), "rows": table.num_rows}
 
@@ -208,7 +208,7 @@ def bucket_task(task: Mapping[str, Any]) -> dict[str, Any]:
     table, dedup = deduplicate(pa.concat_tables(parts), s)
     ordered, rank, starts = by_class(table)
     wnids = ordered.column("wnid").take(pa.array(starts, pa.int64())).combine_chunks()
-    group_of = (seeded_hash(wnids, 0, b"group") % np.uint64(groups)).astype(np.int64)
+    group_of = bucket_of(wnids, groups)
     sizes = np.diff(np.r_[starts, table.num_rows]).astype(np.int64)
     best = rank < s.per_class + s.reserve
     top = ordered.filter(pa.array(best))
@@ -287,20 +287,29 @@ def group_task(task: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _exact_stats(sums: pa.Table, wnids: Sequence[str]) -> dict[str, np.ndarray]:
-    """count, text_score_mean and clip_score_mean of `wnids` from their summed STATS rows."""
-    totals: dict[tuple[str, int, int], int] = collections.defaultdict(int)
-    columns = [sums.column(n).to_pylist() for n in ("wnid", "stat", "exp", "value")]
-    for wnid, stat, exp, value in zip(*columns, strict=True):
-        totals[wnid, stat, exp] += value
-    mantissas: dict[tuple[str, int], list[tuple[int, int]]] = collections.defaultdict(list)
-    for (wnid, stat, exp), value in totals.items():
-        mantissas[wnid, stat].append((exp, value))
-    count = np.array([totals[w, 0, 0] for w in wnids], np.int64)
-    out = {"count": count}
+    """count, text_score_mean and clip_score_mean of `wnids` from their STATS rows."""
+    summed = sums.group_by(["wnid", "stat", "exp"]).aggregate([("value", "sum")])
+    index = {w: i for i, w in enumerate(wnids)}
+    row_of = np.array([index[w] for w in summed.column("wnid").to_pylist()], np.int64)
+    stat = summed.column("stat").to_numpy()
+    value = summed.column("value_sum").to_numpy()
+
+    def per_class(code: int) -> np.ndarray:  # a count statistic (exp 0), 0 where absent
+        out = np.zeros(len(wnids), np.int64)
+        out[row_of[stat == code]] = value[stat == code]
+        return out
+
+    out = {"count": per_class(STATS.index("rows"))}
+    exps = summed.column("exp").to_numpy()
     for name in _SCORES:
-        index = STATS.index(name)
-        counts = [[totals[w, index + i, 0] for i in (1, 2, 3)] for w in wnids]
-        means = [_mean(mantissas[w, index], *c) for w, c in zip(wnids, counts, strict=True)]
+        code = STATS.index(name)
+        mantissas: list[list[tuple[int, int]]] = [[] for _ in wnids]
+        mine = np.flatnonzero(stat == code)
+        rows = (row_of[mine].tolist(), exps[mine].tolist(), value[mine].tolist())
+        for i, exp, v in zip(*rows, strict=True):
+            mantissas[i].append((exp, v))
+        counts = zip(*(per_class(code + i).tolist() for i in (1, 2, 3)), strict=True)
+        means = [_mean(m, *c) for m, c in zip(mantissas, counts, strict=True)]
         out[f"{name}_mean"] = np.array(means, np.float64)
     return out
 
@@ -334,7 +343,7 @@ def _merge_stats(groups: Sequence[Mapping[str, Any]]) -> class_stats.ClassStats:
 def _top(wnids: Sequence[str], spill: pathlib.Path, groups: int) -> tuple[pa.Table, np.ndarray]:
     """The best K rows of classes `wnids` from their group files, by_class-ordered; ranks."""
     wanted = pa.array(sorted(wnids), pa.string())
-    mine = sorted(set((seeded_hash(wanted, 0, b"group") % np.uint64(groups)).tolist()))
+    mine = sorted(set(bucket_of(wanted, groups).tolist()))
     parts = []
     for group in mine:
         table = _read_batch(_group_path(spill, group), 0)
@@ -348,6 +357,14 @@ def _group_path(spill: pathlib.Path, group: int) -> pathlib.Path:
 
 
 # ---------------------------------------------------------------- spill files
+
+
+def bucket_of(values: pa.Array | pa.ChunkedArray, n: int) -> np.ndarray:
+    """0..n-1 per string, a function of the string alone (any process, any host): CRC-32 (fast;
+    the buckets need not be secret, only spread), mixed by a multiplication."""
+    crc = np.fromiter(map(zlib.crc32, pc.cast(values, pa.binary()).to_pylist()), np.uint64)
+    mixed = (crc * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)  # wraps mod 2**64
+    return (mixed % np.uint64(n)).astype(np.int64)
 
 
 def _split(table: pa.Table, ids: np.ndarray, n: int) -> list[pa.Table]:

@@ -150,12 +150,13 @@ CLIP_SCORES = frozenset({"clip_score", "weighted"})
 def seeded_hash(keys: pa.ChunkedArray | pa.Array, seed: int, purpose: bytes) -> np.ndarray:
     """uint64 per key: a seeded pseudo-random number that depends on the key alone, so ties
     and shuffles do not depend on row order. `purpose` separates independent uses."""
-    salt = str(seed).encode()
-    values = (
-        hashlib.blake2b(k.encode(), digest_size=8, key=salt, person=purpose).digest()
-        for k in keys.to_pylist()
-    )
-    return np.fromiter((int.from_bytes(v, "little") for v in values), np.uint64, len(keys))
+    keyed = hashlib.blake2b(digest_size=8, key=str(seed).encode(), person=purpose)
+    digests = []
+    for key in pc.cast(keys, pa.binary()).to_pylist():
+        h = keyed.copy()  # the keyed state: the key block is compressed once, not per key
+        h.update(key)
+        digests.append(h.digest())
+    return np.frombuffer(b"".join(digests), "<u8").astype(np.uint64)
 
 
 # ---------------------------------------------------------------- order and de-duplication
