@@ -48,6 +48,7 @@ import ml_collections
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from absl import logging
 
 from curation import class_stats, engine, files
@@ -61,7 +62,6 @@ from curation.select_rows import (
     by_class,
     class_stats_of,
     column,
-    count_wnids,
     deduplicate,
     input_paths,
     new_counts,
@@ -71,8 +71,8 @@ from curation.select_rows import (
 )
 
 SPILL_DIR = "select_tmp"  # under the workdir; removed when select ends
-ROWS_PER_TASK = 1 << 20  # input rows per partition task (whole row groups)
-ROWS_PER_BUCKET = 1 << 20  # input rows per bucket when select.buckets = 0
+ROWS_PER_TASK = 1 << 19  # input rows per partition task (whole row groups)
+ROWS_PER_BUCKET = 1 << 19  # input rows per bucket when select.buckets = 0
 _IPC = pa.ipc.IpcWriteOptions(compression="lz4")
 # Per-class sums (long format, one row per class, statistic and exponent): STATS[stat] names it.
 _SCORES = ("text_score", "clip_score")
@@ -97,11 +97,11 @@ def eligible(
     errors = [r["error"] for r in results if "error" in r]
     if errors:
         raise CurationError(errors[0])
-    counts, matched = new_counts(), collections.Counter()
+    counts = new_counts()
     for result in results:
         add_counts(counts, result["counts"])
-        matched.update(result["matched"])
     parts = [t["out"] for t in tasks]
+    matched = _matched(parts)
     common = {"settings": s, "buckets": buckets, "spill": spill}
     bucket_tasks = [common | {"bucket": b, "partitions": parts} for b in range(buckets)]
     done = engine.run_tasks(bucket_tasks, bucket_task, cfg, desc="select: buckets")
@@ -168,20 +168,38 @@ def partition_task(task: Mapping[str, Any]) -> dict[str, Any]:
         table = read_shard(
             path, task["index"], s, required_columns(s), task["row_groups"], task["first_row"]
         )
-        matched: collections.Counter = collections.Counter()
-        count_wnids(table, matched)
+        rows = table.num_rows
+        matched = pc.value_counts(table.column("wnid")).flatten()
         counts = new_counts()
-        eligible_rows = apply_filters(table, s, counts)
+        table = apply_filters(table, s, counts)
         if s.select.unique_urls:
-            _check_one_url_per_key(eligible_rows, path)
+            _check_one_url_per_key(table, path)
     except CurationError as e:
         return {"error": str(e)}
-    eligible_rows = with_order_columns(eligible_rows, s)
+    # Rows per wnid before the filters: a file, not the result (results stay in memory until
+    # every task is done, and tasks x classes may be large).
+    matched = pa.table({"wnid": matched[0], "rows": matched[1].cast(pa.int64())})
+    files.write_parquet_atomic(matched, _matched_path(task["out"]))
+    table = with_order_columns(table, s)
     by = "url" if s.select.unique_urls else "key"
-    bucket = bucket_of(eligible_rows.column(by), task["buckets"])
-    tables = _split(eligible_rows, bucket, task["buckets"])
-    _write_batches(task["out"], eligible_rows.schema, tables)
-    return {"counts": counts, "matched": dict(matched), "rows": table.num_rows}
+    tables = _split(table, bucket_of(table.column(by), task["buckets"]), task["buckets"])
+    _write_batches(task["out"], table.schema, tables)
+    return {"counts": counts, "rows": rows}
+
+
+def _matched_path(partition: pathlib.Path) -> pathlib.Path:
+    return partition.with_suffix(".matched.parquet")
+
+
+def _matched(partitions: Sequence[pathlib.Path]) -> collections.Counter:
+    """Input rows per wnid, summed over the partition tasks' files (a few at a time)."""
+    total = pa.table({"wnid": pa.array([], pa.string()), "rows": pa.array([], pa.int64())})
+    for start in range(0, len(partitions), 64):
+        parts = [pq.read_table(_matched_path(p)) for p in partitions[start : start + 64]]
+        table = pa.concat_tables([total, *parts])
+        total = table.group_by("wnid").aggregate([("rows", "sum")]).rename_columns(["wnid", "rows"])
+    pairs = zip(total.column("wnid").to_pylist(), total.column("rows").to_pylist(), strict=True)
+    return collections.Counter(dict(pairs))
 
 
 def _check_one_url_per_key(table: pa.Table, path: pathlib.Path) -> None:
