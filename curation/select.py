@@ -20,6 +20,14 @@ and write `W/manifest.parquet` + `W/classes.tsv` (exactly what tfds_imagenot/ima
 
 Order: every sort is a total order on (score, a seeded hash of the key, key, wnid), so the outputs
 are a function of the set of input rows and config.seed, not of the order of rows or shards.
+
+Memory: steps 1-3 need every eligible row at once only on the reference path
+(select.bounded_memory=False: one in-memory table, ~0.4 KB a row). The default computes the same
+de-duplication counts, class statistics and chosen classes' rows by partial aggregation
+(curation/select_partial.py): rows hashed by URL to buckets on disk, each bucket de-duplicated
+alone, per-class partials (best per_class + reserve rows, exact score sums) merged per class
+group; tasks run on config.engine (local processes or Ray). Memory is then flat in the number of
+rows and the outputs byte-identical; select.buckets only changes how the work is cut.
 """
 
 from __future__ import annotations
@@ -113,7 +121,7 @@ def defaults() -> ml_collections.ConfigDict:
     # partials merged into the same outputs, memory flat in the number of rows; False = every
     # eligible row in one in-memory table (~0.4 KB a row; the reference, byte-identical).
     c.bounded_memory = True
-    # Buckets of the bounded path; 0 = one per 2**20 input rows (~0.5 GB per worker at most).
+    # Buckets of the bounded path; 0 = one per 2**19 input rows (< 1 GB per process).
     # Any value gives the same outputs.
     c.buckets = 0
     return c

@@ -3,9 +3,9 @@ statistics by partial aggregation over buckets on disk instead of one in-memory 
 same outputs, byte for byte, as the in-memory path (`curation.select.eligible_in_memory`).
 
 Three phases of engine tasks (`curation.engine.run_tasks`: local processes or Ray), then the
-driver. P = select.buckets (0: one per 2**20 input rows) buckets and as many class groups.
+driver. P = select.buckets (0: one per 2**19 input rows) buckets and as many class groups.
 
-1. partition, one task per ~2**20 input rows (whole row groups of one shard): read and filter
+1. partition, one task per ~2**19 input rows (whole row groups of one shard): read and filter
    exactly as the in-memory path (select_rows.read_shard, apply_filters), add the order
    columns, and hash each eligible row by its URL (its key when unique_urls is off) to a
    bucket: one Arrow IPC file per task, one record batch per bucket.
@@ -22,15 +22,18 @@ driver. P = select.buckets (0: one per 2**20 input rows) buckets and as many cla
 4. the driver: statistics of all classes, class choice, then the chosen classes' rows from the
    group files; select.py does the rest as for the in-memory path.
 
-Memory: a task holds one bucket (~2**20 input rows; a class group also up to P x K rows of a
+Memory: a task holds one bucket (~2**19 input rows; a class group also up to P x K rows of a
 class with more than K rows in most buckets), the driver O(classes) statistics and the chosen
 classes' K rows each. Disk: the eligible rows about twice, in W/select_tmp (removed at the end).
 
-Means are exact: each float32 score is an integer mantissa times a power of two, summed as
-integers per (class, exponent), so the merge loses nothing and the mean is the correctly
-rounded quotient. numpy's mean in the in-memory path gives the same float whenever its float64
-partial sums are exact, which holds unless a class's scores span more than 2**53 ulps of its
-smallest one (e.g. scores >= 2**-20 and fewer than 2**9 images of each... never in LAION).
+Means over all of a class's images (rank_by text_score_mean / clip_score_mean) are exact here:
+each float32 score is an integer mantissa times a power of two, summed as integers per (class,
+exponent), so the merge loses nothing and the mean is the correctly rounded quotient. numpy's
+mean on the in-memory path is the same float whenever its float64 sums are exact: when the sum,
+in units of the finest ulp among the class's scores, stays below 2**53 (e.g. a million scores all
+>= 2**-10). Otherwise the two may differ in the last bit, which changes an output only if two
+classes tie within that bit. Top-k means (the default ranker) are always identical: the same
+values in the same order.
 """
 
 from __future__ import annotations
