@@ -175,7 +175,9 @@ def choose_images(
     classes = pa.array(sorted(wnids), pa.string())  # label = index in sorted wnids
     keep = np.asarray(pc.is_in(ordered.column("wnid"), value_set=classes), bool)
     keep &= rank < s.per_class + s.reserve
-    chosen, rank = ordered.filter(pa.array(keep)), rank[keep]
+    # The bounded path hands over only rows to keep: no copy then (it is the largest table).
+    chosen = ordered if keep.all() else ordered.filter(pa.array(keep))
+    rank = rank[keep]
     labels = np.asarray(pc.index_in(chosen.column("wnid"), value_set=classes)).astype(np.int64)
     split = _assign_splits(chosen, labels, rank, s)
     final = np.lexsort((rank, split, labels))

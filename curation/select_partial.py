@@ -103,23 +103,30 @@ def eligible(
     counts = new_counts()
     for result in results:
         add_counts(counts, result["counts"])
-    parts = [t["out"] for t in tasks]
-    matched = _matched(parts)
+    matched = _matched([t["out"] for t in tasks])
     common = {"settings": s, "buckets": buckets, "spill": spill}
-    bucket_tasks = [common | {"bucket": b, "partitions": parts} for b in range(buckets)]
+    bucket_tasks = [common | {"bucket": b, "partitions": len(tasks)} for b in range(buckets)]
     done = engine.run_tasks(bucket_tasks, bucket_task, cfg, desc="select: buckets")
-    dedup = {name: {"rows_dropped": 0, "values": 0} for name in done[0]["dedup"]}
-    for result in done:
-        for name, values in result["dedup"].items():
-            for field, value in values.items():
-                dedup[name][field] += value
     group_tasks = [common | {"group": g} for g in range(buckets)]
     groups = engine.run_tasks(group_tasks, group_task, cfg, desc="select: class groups")
-    stats = _merge_stats(groups)
-    rows = sum(r["rows"] for r in results)
-    filtered = Filtered(None, counts, matched, tuple(paths), rows)
-    eligible_rows = sum(r["rows"] for r in done)
-    return Eligible(filtered, dedup, eligible_rows, stats, lambda w: _top(w, spill, buckets))
+    filtered = Filtered(None, counts, matched, tuple(paths), sum(r["rows"] for r in results))
+    return Eligible(
+        filtered,
+        _sum_dedup([r["dedup"] for r in done]),
+        sum(r["rows"] for r in done),
+        _merge_stats(groups),
+        lambda wnids: _top(wnids, spill, buckets),
+    )
+
+
+def _sum_dedup(parts: Sequence[Mapping[str, Mapping[str, int]]]) -> dict[str, dict[str, int]]:
+    """The buckets' de-duplication counts added up (a key or URL is in one bucket only)."""
+    total = {name: dict.fromkeys(counts, 0) for name, counts in parts[0].items()}
+    for part in parts:
+        for name, counts in part.items():
+            for field, value in counts.items():
+                total[name][field] += value
+    return total
 
 
 def remove_spill(workdir: pathlib.Path) -> None:
@@ -146,7 +153,6 @@ def _partition_tasks(
             chunks[-1].append(group)
         first = 0
         for chunk in chunks:
-            name = f"part-{len(tasks):06d}"
             tasks.append(
                 {
                     "path": path,
@@ -154,7 +160,7 @@ def _partition_tasks(
                     "row_groups": chunk if sizes else None,  # no row groups: read it whole
                     "first_row": first,
                     "settings": s,
-                    "out": spill / "partition" / f"{name}.arrow",
+                    "out": _partition_path(spill, len(tasks)),
                 }
             )
             first += sum(sizes[i] for i in chunk)
@@ -188,6 +194,10 @@ def partition_task(task: Mapping[str, Any]) -> dict[str, Any]:
     tables = _split(table, bucket_of(table.column(by), task["buckets"]), task["buckets"])
     _write_batches(task["out"], table.schema, tables)
     return {"counts": counts, "rows": rows}
+
+
+def _partition_path(spill: pathlib.Path, task: int) -> pathlib.Path:
+    return spill / "partition" / f"part-{task:06d}.arrow"
 
 
 def _matched_path(partition: pathlib.Path) -> pathlib.Path:
@@ -225,7 +235,8 @@ def bucket_task(task: Mapping[str, Any]) -> dict[str, Any]:
     sums, by class group; returns the de-duplication counts and the eligible rows."""
     s: Settings = task["settings"]
     groups = task["buckets"]
-    parts = [_read_batch(path, task["bucket"]) for path in task["partitions"]]
+    paths = [_partition_path(task["spill"], i) for i in range(task["partitions"])]
+    parts = [_read_batch(path, task["bucket"]) for path in paths]  # in task order
     table, dedup = deduplicate(pa.concat_tables(parts), s)
     ordered, rank, starts = by_class(table)
     wnids = ordered.column("wnid").take(pa.array(starts, pa.int64())).combine_chunks()
