@@ -104,15 +104,18 @@ def test_clip_stage_weighted_score(tmp_path):
 
 
 def test_exact_means_against_numpy():
-    """The exact merge gives numpy's mean where numpy's float64 sum is exact (scores of either
-    sign, all >= 2**-10 in size: exact for up to ~2**20 of them); NaN and infinities as numpy."""
+    """Partial sums merged exactly give numpy's mean where numpy's float64 sum is exact (scores
+    of either sign, all >= 2**-10 in size: exact for up to ~2**20 of them); NaN and infinities
+    as numpy."""
     rng = np.random.default_rng(0)
     values = rng.uniform(2**-10, 1, 5000) * rng.choice([-1.0, 1.0], 5000)
     values = values.astype(np.float32).astype(np.float64)
-    ordered = pa.table({"text_score": values, "clip_score": np.full(len(values), np.nan)})
-    sums, classes = select_partial._class_sums(ordered, np.array([0]), np.array([len(values)]))
-    sums = sums.append_column("wnid", pa.array(["a"] * len(classes)))
-    means = select_partial._exact_stats(sums, ["a"])
+    parts = []
+    for part in np.array_split(values, 3):  # three buckets' partial sums, merged
+        ordered = pa.table({"text_score": part, "clip_score": np.full(len(part), np.nan)})
+        sums, classes = select_partial._class_sums(ordered, np.array([0]), np.array([len(part)]))
+        parts.append(sums.append_column("wnid", pa.array(["a"] * len(classes))))
+    means = select_partial._exact_stats(pa.concat_tables(parts), ["a"])
     assert means["count"].tolist() == [5000]
     assert means["text_score_mean"][0] == np.mean(values)
     assert math.isnan(means["clip_score_mean"][0])
