@@ -20,6 +20,14 @@ and write `W/manifest.parquet` + `W/classes.tsv` (exactly what tfds_imagenot/ima
 
 Order: every sort is a total order on (score, a seeded hash of the key, key, wnid), so the outputs
 are a function of the set of input rows and config.seed, not of the order of rows or shards.
+
+Memory: steps 1-3 need every eligible row at once only on the reference path
+(select.bounded_memory=False: one in-memory table, ~0.4 KB a row). The default computes the same
+de-duplication counts, class statistics and chosen classes' rows by partial aggregation
+(curation/select_partial.py): rows hashed by URL to buckets on disk, each bucket de-duplicated
+alone, per-class partials (best per_class + reserve rows, exact score sums) merged per class
+group; tasks run on config.engine (local processes or Ray). Memory is then flat in the number of
+rows and the outputs byte-identical; select.buckets only changes how the work is cut.
 """
 
 from __future__ import annotations
@@ -35,16 +43,19 @@ import pyarrow.compute as pc
 from absl import logging
 from ml_collections import config_dict
 
-from curation import class_stats, cli, files
+from curation import class_stats, cli, files, select_partial
 from curation.errors import CurationError
 from curation.select_rows import (
-    SCORES,
+    Eligible,
     Filtered,
     Settings,
     attach_late,
-    column,
+    by_class,
+    class_stats_of,
+    deduplicate,
     read_filtered,
     seeded_hash,
+    with_order_columns,
 )
 from curation.select_rows import settings as read_settings
 
@@ -105,41 +116,15 @@ def defaults() -> ml_collections.ConfigDict:
     # images that did not download with them (evaluation splits first). LAION loses 30-40% of
     # its links, so a full class needs margin ~0.6; 0 = none (every image is in a split).
     c.margin = 0.0
+    # Memory: True = partial aggregation (curation/select_partial.py): rows hashed to buckets
+    # on disk (W/select_tmp, removed at the end), per-bucket de-duplication and per-class
+    # partials merged into the same outputs, memory flat in the number of rows; False = every
+    # eligible row in one in-memory table (~0.4 KB a row; the reference, byte-identical).
+    c.bounded_memory = True
+    # Buckets of the bounded path; 0 = one per 2**19 input rows (< 1 GB per process).
+    # Any value gives the same outputs.
+    c.buckets = 0
     return c
-
-
-# ---------------------------------------------------------------- de-duplication and order
-
-
-def _sort(table: pa.Table, first: str | None = None) -> pa.Array:
-    """Indices in the total order (first, score desc, tie hash, key, wnid)."""
-    keys = [(first, "ascending")] if first else []
-    keys += [(c, "ascending") for c in ("_neg_score", "_tie", "key", "wnid")]
-    return pc.sort_indices(table, sort_keys=keys)
-
-
-def _group_starts(values: pa.Array) -> np.ndarray:
-    """Boolean: row i starts a run of equal values (values sorted)."""
-    if len(values) == 0:
-        return np.zeros(0, bool)
-    differs = pc.not_equal(values.slice(1), values.slice(0, len(values) - 1))
-    return np.r_[True, np.asarray(differs, bool)]
-
-
-def keep_best(table: pa.Table, group: str) -> tuple[pa.Table, dict[str, int]]:
-    """One row per value of column `group`: the best in the total order."""
-    order = _sort(table, group)
-    starts = _group_starts(table.column(group).take(order).combine_chunks())
-    sizes = np.diff(np.r_[np.flatnonzero(starts), len(starts)])
-    counts = {"rows_dropped": int(len(starts) - starts.sum()), "values": int((sizes > 1).sum())}
-    return table.take(order.filter(pa.array(starts))), counts
-
-
-def _with_order_columns(table: pa.Table, s: Settings) -> pa.Table:
-    score = SCORES[s.select.score](table, s)
-    neg = np.where(np.isnan(score), np.inf, -score)  # ascending; NaN (no score) last
-    table = table.append_column("_neg_score", pa.array(neg, pa.float64()))
-    return table.append_column("_tie", pa.array(seeded_hash(table.column("key"), s.seed, b"tie")))
 
 
 # ---------------------------------------------------------------- choosing images and splits
@@ -179,16 +164,6 @@ def _shuffled_splits(chosen: pa.Table, labels: np.ndarray, s: Settings) -> np.nd
     return out
 
 
-def by_class(table: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
-    """Rows grouped by wnid, best first within a class; each row's rank in its class; and the
-    first row of each class (ascending)."""
-    table = table.take(_sort(table, "wnid"))
-    first_of = np.flatnonzero(_group_starts(table.column("wnid").combine_chunks()))
-    sizes = np.diff(np.r_[first_of, table.num_rows])
-    rank = np.arange(table.num_rows, dtype=np.int64) - np.repeat(first_of, sizes)
-    return table, rank, first_of
-
-
 def choose_images(
     ordered: pa.Table,
     rank: np.ndarray,
@@ -200,7 +175,9 @@ def choose_images(
     classes = pa.array(sorted(wnids), pa.string())  # label = index in sorted wnids
     keep = np.asarray(pc.is_in(ordered.column("wnid"), value_set=classes), bool)
     keep &= rank < s.per_class + s.reserve
-    chosen, rank = ordered.filter(pa.array(keep)), rank[keep]
+    # The bounded path hands over only rows to keep: no copy then (it is the largest table).
+    chosen = ordered if keep.all() else ordered.filter(pa.array(keep))
+    rank = rank[keep]
     labels = np.asarray(pc.index_in(chosen.column("wnid"), value_set=classes)).astype(np.int64)
     split = _assign_splits(chosen, labels, rank, s)
     final = np.lexsort((rank, split, labels))
@@ -223,33 +200,49 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     s = read_settings(config)
     stage = "clip_score" if s.clip else "text_score"
     candidates = class_stats.read_candidates(workdir)
-    filtered = read_filtered(workdir / stage, s)
+    try:
+        if s.select.bounded_memory:
+            rows = select_partial.eligible(config, workdir, workdir / stage, s)
+        else:
+            rows = eligible_in_memory(workdir / stage, s)
+        return _choose_and_write(config, workdir, s, stage, candidates, rows)
+    finally:
+        select_partial.remove_spill(workdir)
+
+
+def eligible_in_memory(in_dir: pathlib.Path, s: Settings) -> Eligible:
+    """The reference path: every eligible row in one table (~0.4 KB a row in memory)."""
+    filtered = read_filtered(in_dir, s)
+    table, dups = deduplicate(with_order_columns(filtered.table, s), s)
+    ordered, rank, starts = by_class(table)
+    stats = class_stats_of(ordered, starts, s.per_class)
+    return Eligible(filtered, dups, table.num_rows, stats, lambda wnids: (ordered, rank))
+
+
+def _choose_and_write(
+    config: ml_collections.ConfigDict,
+    workdir: pathlib.Path,
+    s: Settings,
+    stage: str,
+    candidates: Mapping,
+    rows: Eligible,
+) -> dict:
+    filtered, stats = rows.filtered, rows.stats
     for name, count in filtered.counts.items():
         logging.info(
             "select: filter %-10s dropped %d of %d rows", name, count.dropped, count.rows_in
         )
-    table, dups = _deduplicate(_with_order_columns(filtered.table, s), s)
-    ordered, rank, starts = by_class(table)
-    score = -column(ordered, "_neg_score")
-    stats = class_stats.class_stats(
-        ordered.column("wnid").take(pa.array(starts)).to_pylist(),
-        starts,
-        column(ordered, "text_score"),
-        column(ordered, "clip_score"),
-        np.where(np.isinf(score), np.nan, score),  # back from "no score ranks last"
-        s.per_class,
-    )
     spread = _spread_fn(config, s.hops)
     num_classes = int(s.select.num_classes)
     choice = class_stats.choose_classes(stats, s.select.rank_by, s.min_images, num_classes, spread)
     _check_choice(choice, s, candidates)
-    manifest = choose_images(ordered, rank, choice.chosen, s, filtered.paths)
+    manifest = choose_images(*rows.top(choice.chosen), choice.chosen, s, filtered.paths)
     manifest_path, classes_path = workdir / "manifest.parquet", workdir / "classes.tsv"
     files.write_parquet_atomic(manifest, manifest_path)
     eligible = dict(zip(stats.wnids, stats.values["count"].tolist(), strict=True))
     columns = class_stats.classes_columns(manifest, choice, candidates, filtered.matched, eligible)
     class_stats.write_classes_tsv(classes_path, columns)
-    report = _report(s, stage, filtered, table.num_rows, dups)
+    report = _report(s, stage, filtered, rows.rows, rows.dedup)
     report["classes"] = class_stats.class_counts(choice, stats, s.min_images, s.hops)
     report["classes"]["requested"] = num_classes
     report["classes"]["unknown_wnids"] = sum(w not in candidates for w in filtered.matched)
@@ -259,15 +252,6 @@ def run(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict:
     logging.info("select: classes %s", json.dumps(report["classes"]))
     logging.info("select: images %s", json.dumps(report["images"]))
     return report
-
-
-def _deduplicate(table: pa.Table, s: Settings) -> tuple[pa.Table, dict[str, dict[str, int]]]:
-    """One row per key (its best class), then, with unique_urls, one row per URL."""
-    table, keys = keep_best(table, "key")
-    urls = {"rows_dropped": 0, "values": 0}
-    if s.select.unique_urls:
-        table, urls = keep_best(table, "url")
-    return table, {"key_in_several_classes": keys, "url_under_several_keys": urls}
 
 
 def _report(

@@ -105,6 +105,7 @@ def settings(config: ml_collections.ConfigDict) -> Settings:
         "clip_weight": (0.0 <= float(s.clip_weight) <= 1.0, "in [0, 1]"),
         "min_side": (int(s.min_side) >= 0, ">= 0 (0 = off)"),
         "margin": (float(s.margin) >= 0.0, ">= 0 (0 = no reserve images)"),
+        "buckets": (int(s.buckets) >= 0, ">= 0 (0 = sized from the input rows)"),
     }
     for name, (ok, expected) in checks.items():
         if not ok:
@@ -149,12 +150,94 @@ CLIP_SCORES = frozenset({"clip_score", "weighted"})
 def seeded_hash(keys: pa.ChunkedArray | pa.Array, seed: int, purpose: bytes) -> np.ndarray:
     """uint64 per key: a seeded pseudo-random number that depends on the key alone, so ties
     and shuffles do not depend on row order. `purpose` separates independent uses."""
-    salt = str(seed).encode()
-    values = (
-        hashlib.blake2b(k.encode(), digest_size=8, key=salt, person=purpose).digest()
-        for k in keys.to_pylist()
+    keyed = hashlib.blake2b(digest_size=8, key=str(seed).encode(), person=purpose)
+    digests = []
+    for key in pc.cast(keys, pa.binary()).to_pylist():
+        h = keyed.copy()  # the keyed state: the key block is compressed once, not per key
+        h.update(key)
+        digests.append(h.digest())
+    return np.frombuffer(b"".join(digests), "<u8").astype(np.uint64)
+
+
+# ---------------------------------------------------------------- order and de-duplication
+
+
+def sort_indices(table: pa.Table, first: str | None = None) -> pa.Array:
+    """Indices in the total order (first, score desc, tie hash, key, wnid)."""
+    keys = [(first, "ascending")] if first else []
+    keys += [(c, "ascending") for c in ("_neg_score", "_tie", "key", "wnid")]
+    return pc.sort_indices(table, sort_keys=keys)
+
+
+def group_starts(values: pa.Array) -> np.ndarray:
+    """Boolean: row i starts a run of equal values (values sorted)."""
+    if len(values) == 0:
+        return np.zeros(0, bool)
+    differs = pc.not_equal(values.slice(1), values.slice(0, len(values) - 1))
+    return np.r_[True, np.asarray(differs, bool)]
+
+
+def keep_best(table: pa.Table, group: str) -> tuple[pa.Table, dict[str, int]]:
+    """One row per value of column `group`: the best in the total order."""
+    order = sort_indices(table, group)
+    starts = group_starts(table.column(group).take(order).combine_chunks())
+    sizes = np.diff(np.r_[np.flatnonzero(starts), len(starts)])
+    counts = {"rows_dropped": int(len(starts) - starts.sum()), "values": int((sizes > 1).sum())}
+    return table.take(order.filter(pa.array(starts))), counts
+
+
+def with_order_columns(table: pa.Table, s: Settings) -> pa.Table:
+    score = SCORES[s.select.score](table, s)
+    neg = np.where(np.isnan(score), np.inf, -score)  # ascending; NaN (no score) last
+    table = table.append_column("_neg_score", pa.array(neg, pa.float64()))
+    return table.append_column("_tie", pa.array(seeded_hash(table.column("key"), s.seed, b"tie")))
+
+
+def by_class(table: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """Rows grouped by wnid, best first within a class; each row's rank in its class; and the
+    first row of each class (ascending)."""
+    table = table.take(sort_indices(table, "wnid"))
+    first_of = np.flatnonzero(group_starts(table.column("wnid").combine_chunks()))
+    sizes = np.diff(np.r_[first_of, table.num_rows])
+    rank = np.arange(table.num_rows, dtype=np.int64) - np.repeat(first_of, sizes)
+    return table, rank, first_of
+
+
+def deduplicate(table: pa.Table, s: Settings) -> tuple[pa.Table, dict[str, dict[str, int]]]:
+    """One row per key (its best class), then, with unique_urls, one row per URL."""
+    table, keys = keep_best(table, "key")
+    urls = {"rows_dropped": 0, "values": 0}
+    if s.select.unique_urls:
+        table, urls = keep_best(table, "url")
+    return table, {"key_in_several_classes": keys, "url_under_several_keys": urls}
+
+
+def class_stats_of(ordered: pa.Table, starts: np.ndarray, k: int) -> class_stats.ClassStats:
+    """class_stats.class_stats of rows grouped by class, best first (`by_class`)."""
+    score = -column(ordered, "_neg_score")
+    return class_stats.class_stats(
+        ordered.column("wnid").take(pa.array(starts, pa.int64())).to_pylist(),
+        starts,
+        column(ordered, "text_score"),
+        column(ordered, "clip_score"),
+        np.where(np.isinf(score), np.nan, score),  # back from "no score ranks last"
+        k,
     )
-    return np.fromiter((int.from_bytes(v, "little") for v in values), np.uint64, len(keys))
+
+
+@dataclasses.dataclass(frozen=True)
+class Eligible:
+    """The rows after filters and de-duplication, as class and image choice need them, from
+    either path: one in-memory table (curation.select) or partial aggregates
+    (curation.select_partial)."""
+
+    filtered: Filtered  # input and filter counts (its table: None on the bounded path)
+    dedup: dict[str, dict[str, int]]  # de-duplication counts of the report
+    rows: int  # eligible rows (after de-duplication)
+    stats: class_stats.ClassStats  # of every class with eligible rows
+    # wnids -> (their rows grouped by wnid, best first, at least each one's best per_class +
+    # reserve; each row's rank in its class): what select.choose_images takes.
+    top: Callable[[Sequence[str]], tuple[pa.Table, np.ndarray]]
 
 
 # ---------------------------------------------------------------- reading and filters
@@ -233,14 +316,40 @@ class FilterCount:
 
 @dataclasses.dataclass
 class Filtered:
-    table: pa.Table  # surviving rows, all COLUMNS in their manifest types
+    # Surviving rows, all COLUMNS in their manifest types; None where they were spilled to disk
+    # instead (curation.select_partial).
+    table: pa.Table | None
     counts: dict[str, FilterCount]
     matched: collections.Counter  # wnid -> input rows (before filters)
     paths: tuple[pathlib.Path, ...]  # the input shards; `_file` indexes them
     rows: int
 
 
-def _required(s: Settings) -> dict[str, str]:
+def new_counts() -> dict[str, FilterCount]:
+    """One zero FilterCount per FILTERS entry, in FILTERS order."""
+    return {name: FilterCount() for name, _, _ in FILTERS}
+
+
+def add_counts(total: dict[str, FilterCount], part: Mapping[str, FilterCount]) -> None:
+    """Adds `part`'s filter counts into `total` (the sums do not depend on the order)."""
+    for name, count in part.items():
+        mine = total[name]
+        mine.rows_in += count.rows_in
+        mine.dropped += count.dropped
+        mine.active |= count.active
+        mine.notes.update(count.notes)
+
+
+def input_paths(in_dir: pathlib.Path) -> list[pathlib.Path]:
+    """The input shards, sorted (their index is the `_file` column)."""
+    paths = sorted(in_dir.glob("*.parquet"))
+    if not paths:
+        raise CurationError(f"{in_dir}: no *.parquet inputs; run the stage that writes them")
+    return paths
+
+
+def required_columns(s: Settings) -> dict[str, str]:
+    """Input column -> files.KINDS kind, for the columns these settings read."""
     needed = {"key", "wnid", "url", "caption", "text_score"} | ({"clip_score"} if s.clip else set())
     probe = pa.table({name: pa.array([], t) for name, (t, _) in COLUMNS.items()})
     for _, keep, columns in FILTERS:
@@ -249,19 +358,29 @@ def _required(s: Settings) -> dict[str, str]:
     return {name: COLUMNS[name][1] for name in COLUMNS if name in needed}
 
 
-def _read_shard(
-    path: pathlib.Path, index: int, s: Settings, required: Mapping[str, str]
+def read_shard(
+    path: pathlib.Path,
+    index: int,
+    s: Settings,
+    required: Mapping[str, str],
+    row_groups: Sequence[int] | None = None,
+    first_row: int = 0,
 ) -> pa.Table:
-    """The shard's rows with every COLUMNS entry but LATE in its manifest type, plus `_file`
-    (index) and `_row` (row in the file), which locate the LATE columns for `attach_late`."""
+    """The shard's rows (or those of `row_groups`, whose first row is row `first_row` of the
+    file) with every COLUMNS entry but LATE in its manifest type, plus `_file` (index) and
+    `_row` (row in the file), which locate the LATE columns for `attach_late`."""
     schema = files.read_schema(path)
     files.check_columns(path, schema, required)
     present = [n for n in COLUMNS if n in schema.names and (n != "clip_score" or s.clip)]
-    table = pq.read_table(path, columns=[n for n in present if n not in LATE])
+    columns = [n for n in present if n not in LATE]
+    if row_groups is None:
+        table = pq.read_table(path, columns=columns)
+    else:
+        table = pq.ParquetFile(path).read_row_groups(list(row_groups), columns=columns)
     names = [n for n in COLUMNS if n not in LATE]
     arrays = [_cast(path, table, name, name in present) for name in names]
     arrays += [pa.array(np.full(table.num_rows, index, np.int32))]
-    arrays += [pa.array(np.arange(table.num_rows, dtype=np.int64))]
+    arrays += [pa.array(np.arange(first_row, first_row + table.num_rows, dtype=np.int64))]
     table = pa.table(arrays, names=[*names, "_file", "_row"])
     for name in ("key", "wnid"):
         if table.column(name).null_count:
@@ -283,30 +402,38 @@ def _cast(path: pathlib.Path, table: pa.Table, name: str, present: bool) -> pa.C
         ) from None
 
 
+def count_wnids(table: pa.Table, matched: collections.Counter) -> None:
+    """Adds the table's rows per wnid into `matched`."""
+    values, counts = pc.value_counts(table.column("wnid")).flatten()
+    matched.update(dict(zip(values.to_pylist(), counts.to_pylist(), strict=True)))
+
+
+def apply_filters(table: pa.Table, s: Settings, counts: dict[str, FilterCount]) -> pa.Table:
+    """The rows that pass every filter (FILTERS order); each filter's rows in/out into `counts`."""
+    for name, keep_fn, _ in FILTERS:
+        keep, notes = keep_fn(table, s)
+        count = counts[name]
+        count.rows_in += table.num_rows
+        count.notes.update(notes)
+        if keep is not None:
+            count.active = True
+            count.dropped += int((~keep).sum())
+            table = table.filter(pa.array(keep))
+    return table
+
+
 def read_filtered(in_dir: pathlib.Path, s: Settings) -> Filtered:
     """Every input shard, filtered (FILTERS order), concatenated (without the LATE columns)."""
-    paths = sorted(in_dir.glob("*.parquet"))
-    if not paths:
-        raise CurationError(f"{in_dir}: no *.parquet inputs; run the stage that writes them")
-    required = _required(s)
-    counts = {name: FilterCount() for name, _, _ in FILTERS}
+    paths = input_paths(in_dir)
+    required = required_columns(s)
+    counts = new_counts()
     matched: collections.Counter = collections.Counter()
     kept, rows = [], 0
     for index, path in enumerate(files.progress(paths, desc="select: filter", unit="shard")):
-        table = _read_shard(path, index, s, required)
+        table = read_shard(path, index, s, required)
         rows += table.num_rows
-        values, counts_ = pc.value_counts(table.column("wnid")).flatten()
-        matched.update(dict(zip(values.to_pylist(), counts_.to_pylist(), strict=True)))
-        for name, keep_fn, _ in FILTERS:
-            keep, notes = keep_fn(table, s)
-            count = counts[name]
-            count.rows_in += table.num_rows
-            count.notes.update(notes)
-            if keep is not None:
-                count.active = True
-                count.dropped += int((~keep).sum())
-                table = table.filter(pa.array(keep))
-        kept.append(table)
+        count_wnids(table, matched)
+        kept.append(apply_filters(table, s, counts))
     table = pa.concat_tables(kept).combine_chunks()
     return Filtered(table, counts, matched, tuple(paths), rows)
 
