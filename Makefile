@@ -40,6 +40,7 @@ bench: $(VENV)/.bench system-deps bench-curation
 bench-curation: $(VENV)/.test system-deps
 	$(PY) -m benchmarks.curation_match
 	$(PY) -m benchmarks.curation_select --rows 1000000,3000000,10000000
+	$(PY) -m benchmarks.curation_scale
 
 # Train step vs torchvision + torch.optim (CPU: fp32, the demo's net and 3 small cases; on a
 # GPU host: make bench-step BENCH_STEP_ARGS="--device gpu --write").

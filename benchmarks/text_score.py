@@ -5,10 +5,12 @@ same captions, in one process, rounds alternating.
     python -m benchmarks.text_score [--captions 4000] [--device cpu] [--sizes tiny,small]
 
 Models are random RoBERTas saved as local transformers folders (nothing is downloaded): `tiny`
-(2 layers, width 32: the tests' model, where tokenization dominates) and `small` (4 layers,
-width 256), or on a GPU host any local model folder with `--model PATH` (e.g. a copy of
-all-roberta-large-v1). Needs the `bench` extra (sentence-transformers). Prints a markdown table:
-captions/s of each and ours / peer, plus the largest difference between the two embeddings.
+(2 layers, width 32: the tests' model, where tokenization dominates), `small` (4 layers, width
+256) and `large` (all-roberta-large-v1's 24 layers of width 1024), or on a GPU host any local
+model folder with `--model PATH` (e.g. a copy of all-roberta-large-v1). Needs the `bench` extra
+(sentence-transformers). Prints a markdown table: captions/s of each and ours / peer, the largest
+difference between the two embeddings, and the forward FLOPs per caption and per token that torch
+counts for ours (what a GPU projection needs).
 """
 
 from __future__ import annotations
@@ -32,6 +34,14 @@ SIZES = {
         "num_hidden_layers": 4,
         "num_attention_heads": 4,
         "intermediate_size": 1024,
+    },
+    # all-roberta-large-v1's architecture (random weights): the per-core rate of the real model.
+    "large": {
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+        "max_position_embeddings": 514,
     },
 }
 
@@ -75,7 +85,34 @@ def measure(path, captions, device: str, batch: int, max_length: int, rounds: in
             fn(captions)
             seconds[name].append(time.perf_counter() - started)
     rate = {k: len(captions) / statistics.median(v) for k, v in seconds.items()}
-    return {**rate, "ratio": rate["ours"] / rate["peer"], "max_diff": float(np.abs(a - b).max())}
+    return {
+        **rate,
+        **forward_flops(path, captions[:256], device, batch, max_length),
+        "ratio": rate["ours"] / rate["peer"],
+        "max_diff": float(np.abs(a - b).max()),
+    }
+
+
+def forward_flops(path, captions, device: str, batch: int, max_length: int) -> dict:
+    """Forward FLOPs per caption and per (non-padding) token of ours, as torch counts them
+    (matmuls and attention; padding within a length-sorted batch included)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    encoder = encoders.load_mean_pool(
+        str(path), torch.device(device), torch.float32, max_length, ""
+    )
+    tokens = sum(
+        len(ids)
+        for ids in encoder.tokenizer(captions, truncation=True, max_length=max_length)["input_ids"]
+    )
+    with FlopCounterMode(display=False) as counter:
+        encoders.encode_by_length(captions, batch, encoder.encode_batch, "flops")
+    flops = counter.get_total_flops()
+    return {
+        "gflop": flops / len(captions) / 1e9,
+        "mflop_token": flops / tokens / 1e6,
+        "tokens": tokens / len(captions),
+    }
 
 
 def main() -> None:
@@ -95,8 +132,11 @@ def main() -> None:
         f"{args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
         f"medians of {args.rounds} alternating rounds"
     )
-    print("| model | ours captions/s | sentence-transformers captions/s | ours / peer | max diff |")
-    print("| --- | ---: | ---: | ---: | ---: |")
+    print(
+        "| model | ours captions/s | sentence-transformers captions/s | ours / peer | max diff "
+        "| tokens/caption | GFLOP/caption | MFLOP/token |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as tmp:
         models = {args.model: pathlib.Path(args.model)} if args.model else {}
         for size in args.sizes.split(",") if not args.model else []:
@@ -105,7 +145,8 @@ def main() -> None:
             r = measure(path, captions, args.device, args.batch, args.max_length, args.rounds)
             print(
                 f"| {name} | {r['ours']:,.0f} | {r['peer']:,.0f} | **{r['ratio']:.2f}x** | "
-                f"{r['max_diff']:.1e} |"
+                f"{r['max_diff']:.1e} | {r['tokens']:.1f} | {r['gflop']:.2f} | "
+                f"{r['mflop_token']:,.1f} |"
             )
 
 

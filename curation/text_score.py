@@ -137,7 +137,11 @@ class _Scorer:
         valid = np.array([c is not None for c in captions], dtype=bool)
         scores = np.full(len(captions), np.nan, np.float32)
         if valid.any():
-            caption_embeddings = self.encode([c for c in captions if c is not None])
+            # A caption kept for several synsets (multi_synset='best') is one row per synset:
+            # encode each distinct caption once.
+            distinct: dict[str, int] = {}
+            rows = [distinct.setdefault(c, len(distinct)) for c in captions if c is not None]
+            caption_embeddings = self.encode(list(distinct))[np.asarray(rows, dtype=np.int64)]
             class_embeddings = self._class_embeddings(texts)[index[valid]]
             scores[valid] = scoring.similarity(
                 caption_embeddings, class_embeddings, self.section.normalize

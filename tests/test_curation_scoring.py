@@ -57,10 +57,8 @@ def _match_table(rows: list[tuple]) -> pa.Table:
     )
 
 
-@pytest.fixture
-def workdir(tmp_path: pathlib.Path) -> pathlib.Path:
-    """A workdir with candidates and two match shards (keys `{source}-{row:09d}`)."""
-    (tmp_path / "classes").mkdir()
+def _write_candidates(workdir: pathlib.Path) -> None:
+    (workdir / "classes").mkdir()
     pq.write_table(
         pa.table(
             {
@@ -70,8 +68,14 @@ def workdir(tmp_path: pathlib.Path) -> pathlib.Path:
                 "gloss": [v[2] for v in GLOSS.values()],
             }
         ),
-        tmp_path / "classes" / "candidates.parquet",
+        workdir / "classes" / "candidates.parquet",
     )
+
+
+@pytest.fixture
+def workdir(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A workdir with candidates and two match shards (keys `{source}-{row:09d}`)."""
+    _write_candidates(tmp_path)
     (tmp_path / "match").mkdir()
     for shard in ("laion_0000", "laion_0001"):
         rows = [r for r in ROWS if r[0] == shard]
@@ -143,6 +147,35 @@ def test_text_score_mean_pool_matches_direct_computation(workdir, tmp_path_facto
         (other / sub).symlink_to(workdir / sub)
     text_score.run(_config(model=name), other)
     np.testing.assert_array_equal(_scores(other, "text_score")["text_score"].to_numpy(), scores)
+
+
+def test_text_score_encodes_a_caption_kept_for_several_synsets_once(tmp_path, monkeypatch):
+    caption = "A crane and a dog in the harbour"  # multi_synset='best': one row per synset
+    rows = [
+        ("laion_0000", "n03126707", "crane", caption),
+        ("laion_0000", "n02084071", "dog", caption),
+        ("laion_0000", "n02121808", "cat", "A grey cat"),
+    ]
+    _write_candidates(tmp_path)
+    (tmp_path / "match").mkdir()
+    pq.write_table(_match_table(rows), tmp_path / "match" / "laion_0000.parquet")
+    encoded: list[str] = []
+    load = text_score.load_encoder
+
+    def counting_load(section):
+        encode = load(section)
+        return lambda texts: (encoded.extend(texts), encode(texts))[1]
+
+    monkeypatch.setattr(text_score, "load_encoder", counting_load)
+    text_score.run(_config(), tmp_path)
+    assert encoded.count(caption) == 1 and encoded.count("A grey cat") == 1
+    scores = _scores(tmp_path, "text_score")["text_score"].to_numpy()
+    for i, (_, wnid, lemma, text) in enumerate(rows):
+        direct = _cos(
+            _mean_pool_by_hand("tiny-random:roberta", text),
+            _mean_pool_by_hand("tiny-random:roberta", _class_text(wnid, lemma)),
+        )
+        assert scores[i] == pytest.approx(direct, abs=1e-5)
 
 
 def test_text_score_local_folder_equals_in_process_model(workdir, tmp_path):
