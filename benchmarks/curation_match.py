@@ -181,6 +181,8 @@ def main() -> None:
     parser.add_argument("--naive", type=int, default=200, help="captions for the naive loop")
     parser.add_argument("--subset", type=int, default=1000, help="synsets of the 2nd run; 0: none")
     args = parser.parse_args()
+    if args.naive < 1:
+        parser.error(f"--naive={args.naive}: the peer needs a sample of at least 1 caption")
 
     nouns = noun_lexicon()
     lexicons = {"all WordNet nouns": nouns}
@@ -194,7 +196,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="curation_match_") as tmp:
             scenarios.append(scenario(pathlib.Path(tmp), name, synsets, args))
     result = {
-        "machine": _machine(),
+        "machine": machine(),
         "versions": _versions(),
         "date": time.strftime("%Y-%m-%d"),
         "captions": args.captions,
@@ -205,7 +207,8 @@ def main() -> None:
     print_table(result)
 
 
-def _machine() -> str:
+def machine() -> str:
+    """The CPU model and how many cores the curation engine uses (benchmark headers)."""
     model = next(
         (line.split(":", 1)[1].strip() for line in pathlib.Path("/proc/cpuinfo").read_text()
          .splitlines() if line.startswith("model name")),

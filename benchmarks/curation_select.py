@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import shutil
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from benchmarks import curation_match
 from curation import engine, files, match, select, testing
 
 ROOT = pathlib.Path(__file__).resolve().parent / "results" / "curation_select"
@@ -215,20 +215,12 @@ def main() -> None:
             sizes.append(run_size(directory, rows, args))
         finally:
             shutil.rmtree(directory, ignore_errors=True)
-    result = {"machine": _machine(), "date": time.strftime("%Y-%m-%d"), "sizes": sizes,
-              "workers": args.workers or engine.cpu_count(), "classes": args.classes}  # fmt: skip
+    result = {"machine": curation_match.machine(), "date": time.strftime("%Y-%m-%d"),
+              "sizes": sizes, "workers": args.workers or engine.cpu_count(),
+              "classes": args.classes}  # fmt: skip
     ROOT.mkdir(parents=True, exist_ok=True)
     (ROOT / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)
-
-
-def _machine() -> str:
-    model = next(
-        (line.split(":", 1)[1].strip() for line in pathlib.Path("/proc/cpuinfo").read_text()
-         .splitlines() if line.startswith("model name")),
-        platform.processor() or platform.machine(),
-    )  # fmt: skip
-    return f"{model}, {engine.cpu_count()} cores"
 
 
 def print_table(result: dict) -> None:
