@@ -182,6 +182,12 @@ CASES = [
         config="configs/inception_v3.py:smoke",
         start="error: input.image_size=75: expected >= 299",
     ),
+    train(
+        "vit-input-not-its-built-size",
+        "--config.input.image_size=48",
+        config="configs/vit_b_16.py:smoke",
+        start="error: input.image_size=48: expected 32 (vit_b_16 is built for 32 px inputs",
+    ),
     # --- names ----------------------------------------------------------------------------
     train("model-unknown", "--config.model.name=resnet51", start="error: unknown model 'resnet51'"),
     train("dtype-unknown", "--config.model.dtype=float8", start="error: model.dtype='float8'"),
@@ -241,6 +247,12 @@ CASES = [
         start="error: flag --step=last: invalid literal for int()",
     ),
     evaluate("eval-step-missing", "--workdir={ckpt}", "--step=7", start="error: "),
+    evaluate(
+        "eval-batch-size-zero",
+        "--workdir={ckpt}",
+        "--batch_size=0",
+        start="error: flag --batch_size=0: 0 is not a positive integer",
+    ),
     evaluate(
         "eval-checkpoint-truncated",
         "--workdir={damaged}",

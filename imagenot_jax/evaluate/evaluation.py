@@ -133,7 +133,7 @@ def evaluate_checkpoint(
         config.data.name = dataset
     if data_dir:
         config.data.data_dir = data_dir
-    if batch_size:
+    if batch_size is not None:
         config.input.eval_batch_size = batch_size
     data = views.open_eval_data(
         config.data.name, split or config.data.eval_split, config.data.get("data_dir")
@@ -276,7 +276,7 @@ def define_flags() -> None:
     flags.DEFINE_string("dataset", None, "TFDS name[/config] (default: the run's).")
     flags.DEFINE_string("split", None, "Split (default: the run's eval split).")
     define_path_flag("data_dir", None, "TFDS data dir (default: the run's).")
-    flags.DEFINE_integer("batch_size", None, "Global eval batch size.")
+    flags.DEFINE_integer("batch_size", None, "Global eval batch size.", lower_bound=1)
     flags.DEFINE_boolean("ema", True, "Use the EMA weights when the run kept them.")
     flags.DEFINE_string(
         "class_map",

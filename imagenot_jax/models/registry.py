@@ -52,7 +52,8 @@ class ModelInfo:
     - `min_input_size`: smallest square input (px) the forward takes (torchvision's `min_size`);
       `min_train_input_size` where train mode needs more (Inception's auxiliary head);
     - `reduction`: input pixels per pixel of the last feature map (the total stride; ViT's patch);
-    - `fixed_input_size`: the input must be the `image_size` the model was built with (ViT);
+    - `fixed_input_size`: 0, or the only input size (px) the model takes unless it is built
+      with another (`model.kwargs.image_size`: ViT's position embedding is not resized);
     - `torchvision`: torchvision has the same architecture under this name (its weights load).
     """
 
@@ -62,7 +63,7 @@ class ModelInfo:
     min_input_size: int
     reduction: int
     min_train_input_size: int = 0
-    fixed_input_size: bool = False
+    fixed_input_size: int = 0
     torchvision: bool = True
 
     def __post_init__(self) -> None:

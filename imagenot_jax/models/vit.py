@@ -32,6 +32,7 @@ from imagenot_jax.models.registry import ModelOutput, register_model
 from imagenot_jax.models.torch_nn import Activation, Sequential, remat_block
 
 LAYER_NORM_EPS = 1e-6  # torchvision: partial(nn.LayerNorm, eps=1e-6)
+DEFAULT_IMAGE_SIZE = 224  # torchvision's; the input size unless model.kwargs.image_size says
 
 _zeros = nnx.initializers.zeros
 _xavier_uniform = nnx.initializers.xavier_uniform()  # (fan_in + fan_out) symmetric: any layout
@@ -338,7 +339,7 @@ def _vision_transformer(
     """torchvision's builder: image_size defaults to 224; `kwargs` may also override the
     architecture (a smaller net for smoke runs)."""
     arch = dict(
-        image_size=224,
+        image_size=DEFAULT_IMAGE_SIZE,
         patch_size=patch_size,
         num_layers=num_layers,
         num_heads=num_heads,
@@ -359,7 +360,7 @@ def _info(patch_size: int) -> dict[str, Any]:
         head=("heads.head",),
         min_input_size=patch_size,
         reduction=patch_size,
-        fixed_input_size=True,
+        fixed_input_size=DEFAULT_IMAGE_SIZE,
     )
 
 

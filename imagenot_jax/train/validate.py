@@ -141,6 +141,16 @@ def check_model(config: ml_collections.ConfigDict) -> None:
     if config.input.eval_crop < info.min_input_size:
         least = info.min_input_size
         _fail("input.eval_crop", config.input.eval_crop, f">= {least} ({info.name}'s minimum)")
+    if info.fixed_input_size:  # ViT: a position embedding per patch of the built size
+        built = config.model.get("kwargs", {}).get("image_size", info.fixed_input_size)
+        sizes = {
+            "input.image_size": config.input.image_size,
+            "input.eval_crop": config.input.eval_crop,
+        }
+        for field, value in sizes.items():
+            if value != built:
+                why = f"{info.name} is built for {built} px inputs; model.kwargs.image_size sets it"
+                _fail(field, value, f"{built} ({why})")
     if config.model.get("init"):
         transfer.pretrained_config(config.model.init)  # the pretrained workdir is there
 
