@@ -24,7 +24,7 @@ demo: $(VENV)/.demo system-deps
 		--suite configs/suites/fashion_halves.py --suite_workdir .data/suite
 
 test: $(VENV)/.test test-system-deps
-	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS)
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_WORKERS) --durations=15
 
 test-slow: $(VENV)/.test test-system-deps
 	$(PY) -m pytest -q -m slow -n $(TEST_WORKERS) || [ $$? -eq 5 ]  # 5: none marked slow
