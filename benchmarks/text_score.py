@@ -59,12 +59,11 @@ def save_model(size: str, directory: pathlib.Path) -> pathlib.Path:
     return directory
 
 
-def runners(path: pathlib.Path, device: str, batch: int, max_length: int):
+def runners(ours: encoders.MeanPoolEncoder, path: pathlib.Path, device: str, batch: int):
     from sentence_transformers import SentenceTransformer
 
-    ours = encoders.load_mean_pool(str(path), torch.device(device), torch.float32, max_length, "")
     peer = SentenceTransformer(str(path), device=device, local_files_only=True)
-    peer.max_seq_length = max_length
+    peer.max_seq_length = ours.max_length
 
     def run_ours(texts):
         return encoders.encode_by_length(texts, batch, ours.encode_batch, "ours")
@@ -76,7 +75,8 @@ def runners(path: pathlib.Path, device: str, batch: int, max_length: int):
 
 
 def measure(path, captions, device: str, batch: int, max_length: int, rounds: int) -> dict:
-    run_ours, run_peer = runners(path, device, batch, max_length)
+    ours = encoders.load_mean_pool(str(path), torch.device(device), torch.float32, max_length, "")
+    run_ours, run_peer = runners(ours, path, device, batch)
     a, b = run_ours(captions[:256]), run_peer(captions[:256])  # warm up; same computation?
     seconds = {"ours": [], "peer": []}
     for _ in range(rounds):
@@ -87,24 +87,19 @@ def measure(path, captions, device: str, batch: int, max_length: int, rounds: in
     rate = {k: len(captions) / statistics.median(v) for k, v in seconds.items()}
     return {
         **rate,
-        **forward_flops(path, captions[:256], device, batch, max_length),
+        **forward_flops(ours, captions[:256], batch),
         "ratio": rate["ours"] / rate["peer"],
         "max_diff": float(np.abs(a - b).max()),
     }
 
 
-def forward_flops(path, captions, device: str, batch: int, max_length: int) -> dict:
+def forward_flops(encoder: encoders.MeanPoolEncoder, captions: list[str], batch: int) -> dict:
     """Forward FLOPs per caption and per (non-padding) token of ours, as torch counts them
     (matmuls and attention; padding within a length-sorted batch included)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    encoder = encoders.load_mean_pool(
-        str(path), torch.device(device), torch.float32, max_length, ""
-    )
-    tokens = sum(
-        len(ids)
-        for ids in encoder.tokenizer(captions, truncation=True, max_length=max_length)["input_ids"]
-    )
+    ids = encoder.tokenizer(captions, truncation=True, max_length=encoder.max_length)["input_ids"]
+    tokens = sum(len(i) for i in ids)
     with FlopCounterMode(display=False) as counter:
         encoders.encode_by_length(captions, batch, encoder.encode_batch, "flops")
     flops = counter.get_total_flops()

@@ -13,7 +13,7 @@ import pathlib
 import string
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 
 import ml_collections
 import numpy as np
@@ -70,6 +70,14 @@ def read_classes(workdir: pathlib.Path) -> dict[str, dict[str, str]]:
     return classes
 
 
+def distinct(values: Iterable[Hashable]) -> tuple[list, np.ndarray]:
+    """(the distinct values in first-seen order, each value's index into them): what a model
+    then encodes once each."""
+    first: dict[Hashable, int] = {}
+    index = np.fromiter((first.setdefault(v, len(first)) for v in values), dtype=np.int64)
+    return list(first), index
+
+
 def class_texts(
     table: pa.Table,
     classes: dict[str, dict[str, str]],
@@ -80,12 +88,7 @@ def class_texts(
     each (wnid, lemma) pair is formatted once; `path` names the shard in the error for a wnid
     missing from the candidates."""
     wnids, lemmas = table["wnid"].to_pylist(), table["lemma"].to_pylist()
-    pairs: dict[tuple[str, str | None], int] = {}
-    index = np.fromiter(
-        (pairs.setdefault(pair, len(pairs)) for pair in zip(wnids, lemmas, strict=True)),
-        dtype=np.int64,
-        count=len(wnids),
-    )
+    pairs, index = distinct(zip(wnids, lemmas, strict=True))
     texts = []
     for wnid, lemma in pairs:
         if wnid not in classes:

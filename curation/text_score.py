@@ -139,9 +139,8 @@ class _Scorer:
         if valid.any():
             # A caption kept for several synsets (multi_synset='best') is one row per synset:
             # encode each distinct caption once.
-            distinct: dict[str, int] = {}
-            rows = [distinct.setdefault(c, len(distinct)) for c in captions if c is not None]
-            caption_embeddings = self.encode(list(distinct))[np.asarray(rows, dtype=np.int64)]
+            texts_once, rows = scoring.distinct(c for c in captions if c is not None)
+            caption_embeddings = self.encode(texts_once)[rows]
             class_embeddings = self._class_embeddings(texts)[index[valid]]
             scores[valid] = scoring.similarity(
                 caption_embeddings, class_embeddings, self.section.normalize
